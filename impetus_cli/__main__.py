@@ -1,0 +1,3 @@
+from impetus_cli.cli import main
+
+main()

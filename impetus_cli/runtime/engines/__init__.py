@@ -1,0 +1,1 @@
+"""Backends behind one protocol (base.Engine): llama.cpp for GGUF, mlx-lm for MLX/safetensors."""

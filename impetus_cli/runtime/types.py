@@ -1,0 +1,239 @@
+"""Values shared by every layer: frozen dataclasses, no behaviour beyond small derivations.
+
+A leaf module: it imports only the standard library. The engine emits ``GenerationChunk``; the
+server, ``impetus chat``, ``impetus bench`` and the dashboard all read that one record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+Format = Literal["gguf", "mlx", "safetensors"]
+Origin = Literal["impetus", "builtin", "hf-cache", "ollama", "lmstudio", "path"]
+Role = Literal["system", "user", "assistant", "tool"]
+FinishReason = Literal["stop", "length", "tool_calls", "cancelled"]
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A parsed model reference, before it is resolved against the store or the catalog.
+
+    kind "catalog": ``name[:tag]`` (``qwen2.5-coder:7b-q4_k_m``); kind "hf": ``hf:org/repo[:x]``
+    or ``hf.co/org/repo[:x]``; kind "path": a local file or directory.
+    """
+
+    raw: str
+    kind: Literal["catalog", "hf", "path"]
+    name: str
+    size: str | None = None
+    format: Format | None = None
+    quant: str | None = None
+    filename: str | None = None
+    path: Path | None = None
+
+    @property
+    def repo(self) -> str | None:
+        return self.name if self.kind == "hf" else None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Facts read from a model's own files (GGUF metadata or config.json)."""
+
+    path: Path
+    format: Format
+    architecture: str
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    embedding_length: int
+    context_length: int
+    file_bytes: int
+    n_params: int | None = None
+    quantization: str | None = None
+    vocab_size: int | None = None
+    chat_template: str | None = None
+    name: str | None = None
+    bos_token: str | None = None
+    eos_token: str | None = None
+
+    def kv_bytes_per_token(self, bytes_per_element: float = 2.0) -> int:
+        """K and V for one token across all layers: 2 * layers * kv_heads * head_dim * bytes."""
+        return int(2 * self.n_layers * self.n_kv_heads * self.head_dim * bytes_per_element)
+
+
+@dataclass(frozen=True)
+class LocalModel:
+    """One servable model in the store: ours, the built-in one, or another tool's."""
+
+    name: str
+    format: Format
+    path: Path
+    origin: Origin
+    size_bytes: int
+    quantization: str | None = None
+    parameters: str | None = None
+    context_length: int | None = None
+    repo: str | None = None
+    filename: str | None = None
+    revision: str | None = None
+    sha256: str | None = None
+    created: float | None = None
+    last_used: float | None = None
+    # Files only we reference (removed by `impetus rm`); empty for other tools' models.
+    owned_files: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """How to load one model on this machine, and why. Made by tuning.plan_load."""
+
+    model: LocalModel
+    n_ctx: int
+    n_threads: int
+    n_threads_batch: int
+    n_gpu_layers: int
+    n_batch: int
+    n_ubatch: int
+    flash_attn: bool
+    kv_type: str
+    n_parallel: int
+    weights_bytes: int
+    kv_bytes: int
+    compute_bytes: int
+    notes: tuple[str, ...] = ()
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weights_bytes + self.kv_bytes + self.compute_bytes
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """A function the model may call (OpenAI ``tools[].function``)."""
+
+    name: str
+    description: str = ""
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A call the model made; ``arguments`` is a JSON string, as in the OpenAI API."""
+
+    id: str
+    name: str
+    arguments: str = "{}"
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """One message after translation: content parts flattened to text, images kept apart."""
+
+    role: Role
+    content: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    name: str | None = None
+    images: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Sampling settings; the defaults follow llama.cpp's server."""
+
+    max_tokens: int | None = None
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 40
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    logit_bias: Mapping[int, float] | None = None
+    grammar: str | None = None
+    logprobs: int | None = None
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """A chat completion request in runtime terms (the server builds it from JSON)."""
+
+    model: str
+    messages: tuple[ChatMessage, ...]
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    tools: tuple[ToolSpec, ...] = ()
+    tool_choice: str | None = None  # "auto", "none", "required" or a function name
+    keep_alive: float | None = None
+    response_format: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    """A raw completion: the prompt goes to the model with no chat template."""
+
+    model: str
+    prompt: str
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    suffix: str | None = None
+    keep_alive: float | None = None
+
+
+@dataclass(frozen=True)
+class GenerationChunk:
+    """One step of a generation; the last one carries ``finish_reason`` and final counters.
+
+    ``prompt_tokens`` counts the whole prompt, ``cached_tokens`` the part reused from the KV
+    cache. Speeds are tokens per second so far.
+    """
+
+    text: str = ""
+    token_ids: tuple[int, ...] = ()
+    finish_reason: FinishReason | None = None
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    prompt_tps: float = 0.0
+    generation_tps: float = 0.0
+    ttft_s: float = 0.0
+    reasoning: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    logprobs: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class HardwareProfile:
+    """The machine, as the planner and `impetus bench` need it."""
+
+    os: str  # "darwin" or "linux"
+    arch: str
+    cpu_name: str
+    memory_bytes: int
+    physical_cores: int
+    logical_cores: int
+    performance_cores: int
+    efficiency_cores: int = 0
+    chip: str | None = None  # "M1", "M2", ... on Apple Silicon
+    tier: str | None = None  # "base", "Pro", "Max", "Ultra"
+    gpu_cores: int | None = None
+    gpu_wired_limit_bytes: int | None = None
+    memory_bandwidth_gbs: float | None = None
+    rosetta: bool = False
+    simd: tuple[str, ...] = ()
+
+    @property
+    def apple_silicon(self) -> bool:
+        return self.chip is not None
+
+    @property
+    def variant(self) -> str | None:
+        """The chip and its tier as Apple names it: "M1", "M3 Max"."""
+        if self.chip is None:
+            return None
+        return self.chip if self.tier in (None, "base") else f"{self.chip} {self.tier}"
