@@ -10,6 +10,7 @@ import importlib
 import os
 import pkgutil
 import sys
+from typing import Annotated
 
 import typer
 
@@ -34,9 +35,12 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(
-        False, "--version", help="Print the version and exit.", callback=_version, is_eager=True
-    ),
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit.", callback=_version, is_eager=True
+        ),
+    ] = False,
 ) -> None:
     """Impetus: a terminal model manager with an on-demand OpenAI-compatible server."""
 
@@ -54,10 +58,10 @@ _register_commands()
 
 
 def report_error(exc: ImpetusError) -> None:
-    from impetus_cli.commands._ui import err_console
-
     from rich.panel import Panel
     from rich.text import Text
+
+    from impetus_cli.commands._ui import err_console
 
     body = Text(exc.message)
     if exc.hint:

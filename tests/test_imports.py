@@ -65,7 +65,11 @@ def test_heavy_modules_are_never_imported_at_module_level_outside_their_homes() 
 
 @pytest.mark.parametrize("leaf", ["errors.py", "runtime/types.py"])
 def test_leaf_modules_import_nothing_of_ours(leaf: str) -> None:
-    ours = [m for m in imported_modules(PACKAGE / leaf, top_level_only=False) if _root(m) == "impetus_cli"]
+    ours = [
+        m
+        for m in imported_modules(PACKAGE / leaf, top_level_only=False)
+        if _root(m) == "impetus_cli"
+    ]
     assert ours == []
 
 
@@ -74,7 +78,9 @@ def test_tui_reaches_the_server_only_through_the_client() -> None:
         f"{path.relative_to(PACKAGE)}: {module}"
         for path in (PACKAGE / "tui").rglob("*.py")
         for module in imported_modules(path, top_level_only=False)
-        if module.startswith(("impetus_cli.runtime.manager", "impetus_cli.runtime.engines", "impetus_cli.server"))
+        if module.startswith(
+            ("impetus_cli.runtime.manager", "impetus_cli.runtime.engines", "impetus_cli.server")
+        )
     ]
     assert offenders == []
 

@@ -41,9 +41,7 @@ class Settings:
     flash_attn: bool | None = None  # None: automatic
     prompt_cache_dir: Path | None = None
     ollama_models: Path = field(default_factory=lambda: Path("~/.ollama/models").expanduser())
-    lmstudio_models: Path = field(
-        default_factory=lambda: Path("~/.lmstudio/models").expanduser()
-    )
+    lmstudio_models: Path = field(default_factory=lambda: Path("~/.lmstudio/models").expanduser())
     discover: bool = True  # list other tools' models too
 
     @property
@@ -88,7 +86,9 @@ def parse_size(value: str | int | float) -> int:
 def _coerce(name: str, raw: Any, fields: dict[str, dataclasses.Field[Any]]) -> Any:
     """Turn a TOML or environment value into the field's type."""
     if name not in fields:
-        raise ConfigError(f"Unknown setting {name!r}", f"Known settings: {', '.join(sorted(fields))}")
+        raise ConfigError(
+            f"Unknown setting {name!r}", f"Known settings: {', '.join(sorted(fields))}"
+        )
     kind = str(fields[name].type)
     try:
         if raw is None:
@@ -129,7 +129,9 @@ def load_settings(
         try:
             data = tomllib.loads(config_file.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{config_file} is not valid TOML: {exc}", "Fix or remove it.") from exc
+            raise ConfigError(
+                f"{config_file} is not valid TOML: {exc}", "Fix or remove it."
+            ) from exc
         for key, raw in data.items():
             values[key.replace("-", "_")] = _coerce(key.replace("-", "_"), raw, fields)
     for key, raw in env.items():
