@@ -159,6 +159,8 @@ class SamplingParams:
     logit_bias: Mapping[int, float] | None = None
     grammar: str | None = None
     logprobs: int | None = None
+    # Generate exactly max_tokens, past end-of-generation tokens (benchmarks, like llama-bench).
+    ignore_eos: bool = False
 
 
 @dataclass(frozen=True)
