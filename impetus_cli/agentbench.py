@@ -1,0 +1,212 @@
+"""`impetus bench --server URL`: how a running server feels to a coding agent.
+
+Works against any OpenAI-compatible server (Impetus, llama-server, llama-cpp-python's server):
+time to first token at agent-sized prompt depths, the follow-up turn that should reuse the cached
+prefix, single-stream decode speed, and N parallel streams. Prompts open with a random nonce so
+that nothing from an earlier run is cached.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from impetus_cli.client import ImpetusClient
+
+# Filler shaped like an agent's system prompt: rules, tool descriptions, environment details.
+_RULES = (
+    "You are a careful software engineer working in the user's repository. Read files before "
+    "editing them, keep changes small, explain each step, run the tests after a change, and "
+    "never invent APIs. Tool read_file(path) returns a file; tool write_file(path, content) "
+    "replaces it; tool run(command) runs a shell command in the workspace and returns its output. "
+)
+
+
+@dataclass(frozen=True)
+class StreamStats:
+    prompt_tokens: int
+    completion_tokens: int
+    ttft_s: float
+    total_s: float
+
+    @property
+    def decode_tps(self) -> float:
+        decode = self.total_s - self.ttft_s
+        return (
+            (self.completion_tokens - 1) / decode
+            if decode > 0 and self.completion_tokens > 1
+            else 0.0
+        )
+
+
+@dataclass(frozen=True)
+class AgentBench:
+    url: str
+    model: str
+    first_turn: dict[int, StreamStats] = field(default_factory=dict)  # depth -> stats
+    follow_up: dict[int, StreamStats] = field(default_factory=dict)
+    decode: StreamStats | None = None
+    parallel: tuple[StreamStats, ...] = ()
+    parallel_wall_s: float = 0.0
+
+    @property
+    def parallel_aggregate_tps(self) -> float:
+        tokens = sum(s.completion_tokens for s in self.parallel)
+        return tokens / self.parallel_wall_s if self.parallel_wall_s else 0.0
+
+    @property
+    def parallel_worst_ttft_s(self) -> float:
+        return max((s.ttft_s for s in self.parallel), default=0.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "model": self.model,
+            "first_turn": {str(d): asdict(s) for d, s in self.first_turn.items()},
+            "follow_up": {str(d): asdict(s) for d, s in self.follow_up.items()},
+            "decode": asdict(self.decode) if self.decode else None,
+            "decode_tps": self.decode.decode_tps if self.decode else None,
+            "parallel": [asdict(s) for s in self.parallel],
+            "parallel_aggregate_tps": self.parallel_aggregate_tps,
+            "parallel_worst_ttft_s": self.parallel_worst_ttft_s,
+        }
+
+
+def stream_once(
+    client: ImpetusClient, model: str, messages: list[dict[str, Any]], max_tokens: int
+) -> StreamStats:
+    """One streamed chat; TTFT is the first content delta. Token counts from usage when the
+    server sends it, else one token per content chunk."""
+    start = time.perf_counter()
+    first: float | None = None
+    chunks, usage = 0, {}
+    for event in client.chat_stream(
+        model,
+        messages,
+        max_tokens=max_tokens,
+        temperature=0,
+        stream_options={"include_usage": True},
+    ):
+        usage = event.get("usage") or usage
+        for choice in event.get("choices") or []:
+            if (choice.get("delta") or {}).get("content"):
+                first = first or time.perf_counter()
+                chunks += 1
+    end = time.perf_counter()
+    return StreamStats(
+        prompt_tokens=int(usage.get("prompt_tokens") or 0),
+        completion_tokens=int(usage.get("completion_tokens") or chunks),
+        ttft_s=(first or end) - start,
+        total_s=end - start,
+    )
+
+
+def agent_prompt(chars: int) -> str:
+    nonce = uuid.uuid4().hex
+    body = (_RULES * (chars // len(_RULES) + 1))[:chars]
+    return f"Session {nonce}.\n{body}"
+
+
+def chars_per_token(client: ImpetusClient, model: str) -> float:
+    """Calibrate the filler against the server's own tokenizer (prompt_tokens of a probe)."""
+    sample = agent_prompt(4000)
+    stats = stream_once(
+        client, model, [{"role": "system", "content": sample}, {"role": "user", "content": "ok"}], 1
+    )
+    return len(sample) / stats.prompt_tokens if stats.prompt_tokens else 4.0
+
+
+def run_agent_bench(
+    client: ImpetusClient,
+    model: str,
+    *,
+    depths: tuple[int, ...] = (2048, 8192, 16384),
+    n_gen: int = 128,
+    parallel: int = 4,
+    progress: Callable[[str], None] = lambda _: None,
+) -> AgentBench:
+    ratio = chars_per_token(client, model)
+    first_turn, follow_up = {}, {}
+    for depth in depths:
+        progress(f"first turn at {depth} tokens")
+        system = {"role": "system", "content": agent_prompt(int(depth * ratio))}
+        turn1 = [system, {"role": "user", "content": "List the files you would read first."}]
+        first_turn[depth] = stream_once(client, model, turn1, 32)
+        progress(f"follow-up at {depth} tokens")
+        turn2 = [
+            *turn1,
+            {"role": "assistant", "content": "server.py and its tests."},
+            {"role": "user", "content": "Now add a /health endpoint."},
+        ]
+        follow_up[depth] = stream_once(client, model, turn2, 32)
+    progress("decode")
+    short = [
+        {"role": "user", "content": f"{uuid.uuid4().hex}: write a long story about a compiler."}
+    ]
+    decode = stream_once(client, model, short, n_gen)
+    progress(f"{parallel} parallel streams")
+    stats, wall = _parallel(client, model, parallel, n_gen)
+    return AgentBench(client.base_url, model, first_turn, follow_up, decode, tuple(stats), wall)
+
+
+def _parallel(
+    client: ImpetusClient, model: str, n: int, n_gen: int
+) -> tuple[list[StreamStats], float]:
+    results: list[StreamStats] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def one(i: int) -> None:
+        messages = [
+            {"role": "user", "content": f"{uuid.uuid4().hex} #{i}: explain recursion with code."}
+        ]
+        try:
+            stats = stream_once(client, model, messages, n_gen)
+        except Exception as exc:  # reported after all threads end
+            with lock:
+                errors.append(exc)
+            return
+        with lock:
+            results.append(stats)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results, time.perf_counter() - start
+
+
+def summary_rows(bench: AgentBench) -> list[tuple[str, str]]:
+    rows = []
+    for depth, s in bench.first_turn.items():
+        rows.append((f"first-turn TTFT @ {s.prompt_tokens or depth} tok", f"{s.ttft_s:.2f} s"))
+        f = bench.follow_up[depth]
+        rows.append((f"follow-up TTFT @ {f.prompt_tokens or depth} tok", f"{f.ttft_s:.2f} s"))
+    if bench.decode:
+        rows.append(("decode", f"{bench.decode.decode_tps:.1f} tok/s"))
+    if bench.parallel:
+        rows.append(
+            (
+                f"{len(bench.parallel)} streams aggregate",
+                f"{bench.parallel_aggregate_tps:.1f} tok/s",
+            )
+        )
+        rows.append(
+            (f"{len(bench.parallel)} streams worst TTFT", f"{bench.parallel_worst_ttft_s:.2f} s")
+        )
+        rows.append(
+            (
+                "per-stream decode (median)",
+                f"{statistics.median(s.decode_tps for s in bench.parallel):.1f} tok/s",
+            )
+        )
+    return rows
