@@ -113,7 +113,10 @@ class LlamaEngine:
     @staticmethod
     def _context_params(lib: Any, plan: LoadPlan, *, embeddings: bool) -> Any:
         params = lib.llama_context_default_params()
-        params.n_ctx = plan.n_ctx if not embeddings else min(plan.n_ctx, 4096)
+        # plan.n_ctx is per sequence; the context holds n_parallel of them.
+        params.n_ctx = (
+            plan.n_ctx * max(1, plan.n_parallel) if not embeddings else min(plan.n_ctx, 4096)
+        )
         params.n_batch = plan.n_batch if not embeddings else params.n_ctx
         params.n_ubatch = plan.n_ubatch if not embeddings else params.n_ctx
         params.n_seq_max = max(1, plan.n_parallel) if not embeddings else 1

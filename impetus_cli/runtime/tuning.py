@@ -1,0 +1,154 @@
+"""(HardwareProfile, ModelInfo, Settings) -> LoadPlan: how to load a model here, and why.
+
+Pure arithmetic, no I/O. A model costs its weights (the file) + the KV cache for its context
+(2 * layers * kv_heads * head_dim * bytes per element, per token, per parallel sequence) +
+compute buffers. The context is the trained maximum capped by what fits the budget, aiming at
+32k tokens because coding agents send 13-18k on their first request.
+"""
+
+from __future__ import annotations
+
+from impetus_cli.errors import InsufficientMemory
+from impetus_cli.runtime.config import Settings
+from impetus_cli.runtime.types import HardwareProfile, LoadPlan, LocalModel, ModelInfo
+
+MB = 1_000_000
+MIN_CTX = 2048
+# Bytes per K or V element for each cache type (q8_0 / q4_0 carry a scale per 32 values).
+KV_ELEMENT_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
+
+
+def kv_bytes(info: ModelInfo, n_ctx: int, kv_type: str = "f16", n_parallel: int = 1) -> int:
+    return info.kv_bytes_per_token(KV_ELEMENT_BYTES.get(kv_type, 2.0)) * n_ctx * n_parallel
+
+
+def compute_bytes(info: ModelInfo, n_ctx: int, n_ubatch: int, flash_attn: bool) -> int:
+    """llama.cpp's compute buffers, estimated: activations of one micro-batch, the logits of the
+    last token, and without flash attention the KQ matrix of a micro-batch against the context."""
+    activations = n_ubatch * info.embedding_length * 4 * 12
+    logits = (info.vocab_size or 32000) * 4 * 2
+    kq = 0 if flash_attn else n_ubatch * n_ctx * info.n_heads * 4
+    return activations + logits + kq + 32 * MB
+
+
+def estimate_bytes(
+    info: ModelInfo,
+    n_ctx: int,
+    kv_type: str = "f16",
+    n_parallel: int = 1,
+    n_ubatch: int = 512,
+    flash_attn: bool = True,
+) -> int:
+    return (
+        info.file_bytes
+        + kv_bytes(info, n_ctx, kv_type, n_parallel)
+        + compute_bytes(info, n_ctx, n_ubatch, flash_attn)
+    )
+
+
+def _largest_ctx(
+    info: ModelInfo, budget: int, kv_type: str, n_parallel: int, n_ubatch: int, flash_attn: bool
+) -> int:
+    """The largest multiple of 256 whose total fits the budget (the total grows with ctx)."""
+    fixed = info.file_bytes + compute_bytes(info, 0, n_ubatch, flash_attn)
+    per_token = info.kv_bytes_per_token(KV_ELEMENT_BYTES.get(kv_type, 2.0)) * n_parallel
+    if not flash_attn:
+        per_token += n_ubatch * info.n_heads * 4
+    room = budget - fixed
+    return max(0, room // max(per_token, 1) // 256 * 256)
+
+
+def _threads(hw: HardwareProfile, settings: Settings) -> tuple[int, str]:
+    if settings.threads:
+        return settings.threads, f"threads {settings.threads} (asked)"
+    if hw.apple_silicon:
+        return hw.performance_cores, f"threads {hw.performance_cores}: the performance cores"
+    return max(1, hw.physical_cores), f"threads {hw.physical_cores}: the physical cores"
+
+
+def _parallel(info: ModelInfo, budget: int, ctx: int, settings: Settings) -> tuple[int, str]:
+    """Sequences sharing the context: each keeps its own cached prefix (two agents, or a chat
+    and autocomplete, don't evict each other). Automatic: as many as fit in half the budget."""
+    if settings.parallel:
+        return settings.parallel, f"parallel {settings.parallel} (asked)"
+    for n in (4, 2):
+        if estimate_bytes(info, ctx, settings.kv_type, n) <= budget // 2:
+            return n, f"parallel {n}: {n} cached conversations fit in half the budget"
+    return 1, "parallel 1: memory allows one cached conversation"
+
+
+def plan_load(
+    model: LocalModel, info: ModelInfo, hw: HardwareProfile, settings: Settings, budget_bytes: int
+) -> LoadPlan:
+    notes: list[str] = []
+    gpu = hw.apple_silicon and not hw.rosetta
+    n_gpu_layers = info.n_layers + 1 if gpu else 0
+    notes.append("all layers on the GPU (Metal)" if gpu else "CPU only: no GPU layers")
+    # Flash attention avoids the n_ctx x n_ubatch score matrix; llama.cpp has it on Metal and CPU.
+    flash_attn = settings.flash_attn if settings.flash_attn is not None else True
+    kv_type = settings.kv_type
+    if kv_type != "f16" and not flash_attn:
+        kv_type = "f16"
+        notes.append("KV cache f16: quantized KV needs flash attention")
+    n_batch, n_ubatch = (2048, 512) if gpu else (512, 512)
+    threads, why = _threads(hw, settings)
+    notes.append(why)
+    ctx = _choose_ctx(model, info, settings, budget_bytes, kv_type, n_ubatch, flash_attn, notes)
+    n_parallel, why = _parallel(info, budget_bytes, ctx, settings)
+    notes.append(why)
+    return LoadPlan(
+        model=model,
+        n_ctx=ctx,
+        n_threads=threads,
+        n_threads_batch=threads,
+        n_gpu_layers=n_gpu_layers,
+        n_batch=n_batch,
+        n_ubatch=n_ubatch,
+        flash_attn=flash_attn,
+        kv_type=kv_type,
+        n_parallel=n_parallel,
+        weights_bytes=info.file_bytes,
+        kv_bytes=kv_bytes(info, ctx, kv_type, n_parallel),
+        compute_bytes=compute_bytes(info, ctx, n_ubatch, flash_attn),
+        notes=tuple(notes),
+    )
+
+
+def _choose_ctx(
+    model: LocalModel,
+    info: ModelInfo,
+    settings: Settings,
+    budget: int,
+    kv_type: str,
+    n_ubatch: int,
+    flash_attn: bool,
+    notes: list[str],
+) -> int:
+    trained = info.context_length
+    fits = _largest_ctx(info, budget, kv_type, 1, n_ubatch, flash_attn)
+    if fits < MIN_CTX:
+        need = estimate_bytes(info, MIN_CTX, kv_type, 1, n_ubatch, flash_attn)
+        raise InsufficientMemory(
+            f"{model.name} needs {need / 1e9:.1f} GB even with a {MIN_CTX}-token context; "
+            f"the memory budget is {budget / 1e9:.1f} GB.",
+            "Pick a smaller model or quantization, or raise --memory-budget.",
+        )
+    if settings.ctx:
+        ctx = min(settings.ctx, trained, fits)
+        if ctx < settings.ctx:
+            notes.append(
+                f"context {ctx}: asked {settings.ctx}, capped by the {'trained maximum' if ctx == trained else 'memory budget'}"
+            )
+        else:
+            notes.append(f"context {ctx} (asked)")
+        return ctx
+    ctx = min(trained, fits)
+    if ctx == trained:
+        notes.append(f"context {ctx}: the trained maximum")
+    elif ctx >= settings.min_ctx:
+        notes.append(f"context {ctx}: the most the memory budget allows (trained {trained})")
+    else:
+        notes.append(
+            f"context {ctx}: below the {settings.min_ctx} agents want; memory allows no more"
+        )
+    return ctx
