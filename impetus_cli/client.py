@@ -1,0 +1,104 @@
+"""A small synchronous client of a running `impetus serve` (or any OpenAI-compatible server).
+
+Standard library only (urllib), so `impetus ps`, `chat --url`, `bench --server` and the
+dashboard stay light. Connection failures become ServerUnreachable with a hint.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+from impetus_cli.errors import ImpetusError, ModelNotFound, ServerUnreachable
+
+
+class ImpetusClient:
+    """``base_url`` may be the server root or its `/v1` URL."""
+
+    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 600.0):
+        root = base_url.rstrip("/")
+        self.root = root.removesuffix("/v1")
+        self.base_url = self.root
+        self.api_key = api_key
+        self.timeout = timeout
+
+    def _request(
+        self, method: str, path: str, body: Any = None, *, timeout: float | None = None
+    ) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        req = urllib.request.Request(self.root + path, data=data, headers=headers, method=method)
+        try:
+            return urllib.request.urlopen(req, timeout=timeout or self.timeout)
+        except urllib.error.HTTPError as exc:
+            raise self._error(exc) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ServerUnreachable(
+                f"Cannot reach {self.root}: {reason}.",
+                "Start it with `impetus serve` (or pass --url).",
+            ) from None
+
+    def _error(self, exc: urllib.error.HTTPError) -> ImpetusError:
+        try:
+            detail = json.loads(exc.read() or b"{}").get("error") or {}
+        except ValueError:
+            detail = {}
+        message = detail.get("message") or f"HTTP {exc.code}"
+        if exc.code == 404 and detail.get("code") == "model_not_found":
+            return ModelNotFound(message)
+        error = ImpetusError(message)
+        error.status, error.code = exc.code, detail.get("code")
+        return error
+
+    def _json(self, method: str, path: str, body: Any = None, timeout: float | None = None) -> Any:
+        with self._request(method, path, body, timeout=timeout) as reply:
+            return json.loads(reply.read() or b"null")
+
+    def health(self) -> dict[str, Any]:
+        return self._json("GET", "/health", timeout=5)
+
+    def status(self) -> dict[str, Any]:
+        return self._json("GET", "/impetus/status", timeout=5)
+
+    def models(self) -> list[dict[str, Any]]:
+        return list(self._json("GET", "/v1/models", timeout=30).get("data") or [])
+
+    def load(self, name: str, keep_alive: float | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": name}
+        if keep_alive is not None:
+            body["keep_alive"] = keep_alive
+        return self._json("POST", "/impetus/load", body)
+
+    def unload(self, name: str) -> dict[str, Any]:
+        return self._json("POST", "/impetus/unload", {"model": name})
+
+    def _sse(self, path: str, body: Any = None, method: str = "POST") -> Iterator[dict[str, Any]]:
+        with self._request(method, path, body) as reply:
+            for raw in reply:
+                line = raw.decode("utf-8").strip()
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    return
+                event = json.loads(data)
+                if isinstance(event, dict) and "error" in event:
+                    raise ImpetusError(str((event["error"] or {}).get("message") or event["error"]))
+                yield event
+
+    def chat_stream(
+        self, model: str, messages: list[dict[str, Any]], **params: Any
+    ) -> Iterator[dict[str, Any]]:
+        """Chunks of a streamed chat completion (OpenAI shape)."""
+        return self._sse(
+            "/v1/chat/completions", {"model": model, "messages": messages, "stream": True, **params}
+        )
+
+    def events(self) -> Iterator[dict[str, Any]]:
+        return self._sse("/impetus/events", method="GET")

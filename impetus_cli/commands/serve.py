@@ -1,0 +1,135 @@
+"""`impetus serve`: the OpenAI-compatible server, loading models on demand."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from impetus_cli.commands._ui import console
+from impetus_cli.errors import ConfigError
+
+if TYPE_CHECKING:
+    from impetus_cli.runtime.config import Settings
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(
+    models: Annotated[
+        list[str] | None, typer.Argument(help="Models to load at start (others load on demand).")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8080).")] = None,
+    ctx: Annotated[
+        int | None, typer.Option(help="Context tokens per request (default: planned).")
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="CPU threads (default: performance cores).")
+    ] = None,
+    parallel: Annotated[
+        int | None, typer.Option(help="Cached conversations per model (default: from memory).")
+    ] = None,
+    memory_budget: Annotated[str | None, typer.Option(help="Memory for models, e.g. 12GB.")] = None,
+    keep_alive: Annotated[
+        float | None, typer.Option(help="Seconds an idle model stays loaded (-1 = forever).")
+    ] = None,
+    api_key: Annotated[
+        str | None, typer.Option(help="Require this key (also IMPETUS_API_KEY).")
+    ] = None,
+    cors_origin: Annotated[
+        list[str] | None, typer.Option(help="Allow browser requests from this origin.")
+    ] = None,
+) -> None:
+    """Serve local models to Cline, Continue and any OpenAI client."""
+    from impetus_cli.runtime.config import load_settings
+
+    settings = load_settings(
+        {
+            "host": host,
+            "port": port,
+            "ctx": ctx,
+            "threads": threads,
+            "parallel": parallel,
+            "memory_budget": memory_budget,
+            "keep_alive": keep_alive,
+            "api_key": api_key,
+            "cors_origins": cors_origin or None,
+        }
+    )
+    if not _loopback(settings.host) and not settings.api_key:
+        raise ConfigError(
+            f"Refusing to serve on {settings.host} without an API key: anyone on the network could use it.",
+            "Add --api-key SECRET (or set IMPETUS_API_KEY), or bind 127.0.0.1.",
+        )
+    run_server(settings, models or [])
+
+
+def run_server(settings: Settings, preload: list[str]) -> None:
+    import asyncio
+    import logging
+
+    from aiohttp import web
+
+    from impetus_cli.runtime.manager import ModelManager
+    from impetus_cli.server.app import make_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    manager = ModelManager(settings, allow_paths=False)
+    for name in preload:
+        plan = manager.load(name)
+        console().print(
+            f"loaded [cyan]{name}[/]: context {plan.n_ctx}, {plan.total_bytes / 1e9:.1f} GB"
+        )
+    _banner(settings, manager, preload)
+    app = make_app(manager, settings)
+    try:
+        web.run_app(
+            app,
+            host=settings.host,
+            port=settings.port,
+            print=None,
+            shutdown_timeout=10.0,
+            handle_signals=True,
+            access_log=None,
+        )
+    except OSError as exc:
+        raise ConfigError(
+            f"Cannot listen on {settings.host}:{settings.port}: {exc.strerror}.",
+            f"Is another server running? Try --port {settings.port + 1}.",
+        ) from None
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        pass
+    console().print("stopped; models unloaded.")
+
+
+def _banner(settings: Settings, manager: object, preload: list[str]) -> None:
+    model = preload[0] if preload else settings.default_model
+    try:
+        n_ctx = manager.plan(model).n_ctx  # type: ignore[attr-defined]
+    except Exception:  # the banner must not stop the server; requests will report the problem
+        n_ctx = None
+    out = console()
+    out.print(f"[bold]Impetus[/] serving on [cyan]{settings.base_url}[/]  (Ctrl-C stops)")
+    key = settings.api_key or "any value"
+    out.print(
+        f"  Cline: API Provider [b]OpenAI Compatible[/], Base URL {settings.base_url}, API Key {key}, "
+        f"Model ID {model}, Context Window {n_ctx or '-'}"
+    )
+    out.print(
+        f"  Continue: provider: openai, apiBase: {settings.base_url}, model: {model}"
+        + (f", contextLength: {n_ctx}" if n_ctx else "")
+    )

@@ -1,0 +1,15 @@
+"""Typed keys for what the application holds (aiohttp's web.AppKey)."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+from aiohttp import web
+
+from impetus_cli.runtime.config import Settings
+from impetus_cli.runtime.manager import ModelManager
+
+MANAGER = web.AppKey("manager", ModelManager)
+SETTINGS = web.AppKey("settings", Settings)
+EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
+STARTED = web.AppKey("started", float)
