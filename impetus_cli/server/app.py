@@ -20,7 +20,7 @@ from impetus_cli.errors import ImpetusError
 from impetus_cli.runtime.config import Settings
 from impetus_cli.runtime.manager import ModelManager
 from impetus_cli.server import routes
-from impetus_cli.server.keys import EXECUTOR, MANAGER, SETTINGS, STARTED
+from impetus_cli.server.keys import EXECUTOR, MANAGER, REQUEST_LOG, SETTINGS, STARTED
 from impetus_cli.server.openai import error_body
 
 log = logging.getLogger("impetus.server")
@@ -138,7 +138,7 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
             request.path,
             response.status,
             (time.perf_counter() - start) * 1000,
-            request.get("impetus_log", ""),
+            request.get(REQUEST_LOG, ""),
         )
     return response
 

@@ -13,3 +13,4 @@ MANAGER = web.AppKey("manager", ModelManager)
 SETTINGS = web.AppKey("settings", Settings)
 EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
 STARTED = web.AppKey("started", float)
+REQUEST_LOG = web.RequestKey("impetus_log", str)  # the request's summary for the access log

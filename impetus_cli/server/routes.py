@@ -23,7 +23,7 @@ from impetus_cli.errors import ImpetusError
 from impetus_cli.runtime.generation import Generation
 from impetus_cli.runtime.types import GenerationChunk
 from impetus_cli.server import openai, sse
-from impetus_cli.server.keys import EXECUTOR, MANAGER, STARTED
+from impetus_cli.server.keys import EXECUTOR, MANAGER, REQUEST_LOG, STARTED
 
 T = TypeVar("T")
 _END = object()
@@ -111,7 +111,7 @@ async def pump(
 
 def _log(request: web.Request, model: str, prompt: int, final: GenerationChunk | None) -> None:
     if final is not None:
-        request["impetus_log"] = (
+        request[REQUEST_LOG] = (
             f"model={model} prompt={prompt} cached={final.cached_tokens} "
             f"completion={final.completion_tokens} ttft={final.ttft_s:.2f}s "
             f"{final.generation_tps:.1f} tok/s"
