@@ -27,6 +27,7 @@ HELP = """\
 /reset             forget the conversation (keeps the system prompt)
 /model NAME        switch model
 /temperature X     set the sampling temperature
+/max_tokens N      cap the length of a reply (0: no cap)
 /save FILE         save the conversation (.md for Markdown, otherwise JSON)
 /load FILE         load a conversation saved as JSON
 /help              this list
@@ -71,6 +72,7 @@ class ChatSession:
     model: str
     system: str | None = None
     temperature: float = 0.7
+    max_tokens: int | None = None
     messages: list[ChatMessage] = field(default_factory=list)
 
     def conversation(self) -> list[ChatMessage]:
@@ -84,7 +86,7 @@ class ChatSession:
         self.messages.append(ChatMessage(role="assistant", content=text))
 
     def sampling(self) -> SamplingParams:
-        return SamplingParams(temperature=self.temperature)
+        return SamplingParams(temperature=self.temperature, max_tokens=self.max_tokens)
 
     def command(self, line: str) -> CommandResult:
         """Interpret one slash command; raises ImpetusError for a bad one."""
@@ -108,6 +110,14 @@ class ChatSession:
             return CommandResult(f"Model: {arg}")
         if name == "/temperature":
             return CommandResult(self._set_temperature(arg))
+        if name == "/max_tokens":
+            try:
+                self.max_tokens = int(arg) or None
+            except ValueError:
+                raise ImpetusError(
+                    "/max_tokens needs a whole number, e.g. /max_tokens 256"
+                ) from None
+            return CommandResult(f"Max tokens: {self.max_tokens or 'no cap'}")
         if name == "/save":
             return CommandResult(f"Saved to {self.save(Path(_need(arg, '/save FILE')))}")
         if name == "/load":
@@ -214,8 +224,13 @@ class RemoteBackend:
         first: float | None = None
         usage: dict[str, Any] = {}
         finish: str | None = None
+        extra = {"max_tokens": sampling.max_tokens} if sampling.max_tokens else {}
         for event in self.client.chat_stream(
-            model, payload, temperature=sampling.temperature, stream_options={"include_usage": True}
+            model,
+            payload,
+            temperature=sampling.temperature,
+            stream_options={"include_usage": True},
+            **extra,
         ):
             if cancel.is_set():
                 finish = "cancelled"

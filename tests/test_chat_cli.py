@@ -25,9 +25,10 @@ class Terminal:
             os.execvpe(argv[0], argv, env)
         self.output = ""
 
-    def expect(self, pattern: str, timeout: float = 60.0) -> str:
+    def expect(self, pattern: str, timeout: float = 60.0, *, after: int = 0) -> str:
+        """Read until ``pattern`` appears in the output past position ``after``."""
         deadline = time.monotonic() + timeout
-        while pattern not in self.output:
+        while pattern not in self.output[after:]:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise AssertionError(f"{pattern!r} not seen; screen so far:\n{self.output[-2000:]}")
@@ -36,7 +37,9 @@ class Terminal:
                 try:
                     self.output += os.read(self.fd, 65536).decode("utf-8", "replace")
                 except OSError:  # the child closed the terminal
-                    break
+                    raise AssertionError(
+                        f"exited before {pattern!r}:\n{self.output[-2000:]}"
+                    ) from None
         return self.output
 
     def send(self, text: str) -> None:
@@ -67,19 +70,33 @@ def chat_env(home: Path) -> dict[str, str]:
 
 
 def test_interactive_chat_streams_resets_stops_and_exits(
-    tiny_gguf: Path, impetus_home: Path
+    gemma_gguf: Path, impetus_home: Path
 ) -> None:
-    argv = [sys.executable, "-m", "impetus_cli", "chat", str(tiny_gguf), "--ctx", "1024"]
+    argv = [
+        sys.executable,
+        "-m",
+        "impetus_cli",
+        "chat",
+        str(gemma_gguf),
+        "--ctx",
+        "2048",
+        "--max-tokens",
+        "16",
+    ]
     term = Terminal(argv, chat_env(impetus_home))
     term.expect(">>> ")
     term.send("Say something.\r")
     term.expect("tok/s")  # the reply streamed and its stats line followed
     term.send("/reset\r")
     term.expect("Conversation cleared.")
-    term.send("Tell me a very long story.\r")
-    time.sleep(0.5)
+    term.send("/max_tokens 0\r")
+    term.expect("no cap")
+    seen = len(term.output)
+    term.send("Tell me a very long story about a dragon.\r")
+    term.expect("\x1b[?25l", after=seen)  # the live reply display opened
+    term.expect("\x1b[2K", after=seen)  # ... and redrew at least once: the story is streaming
     term.send("\x03")  # Ctrl-C stops the reply, not the program
-    term.expect("(stopped)")
+    term.expect("(stopped)", after=seen)
     term.send("/exit\r")
     assert term.wait() == 0
 

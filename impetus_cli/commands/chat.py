@@ -40,6 +40,7 @@ def chat(
     url: UrlOpt = None,
     system: Annotated[str | None, typer.Option("--system", "-s", help="System prompt.")] = None,
     temperature: Annotated[float, typer.Option("--temperature", "-t", min=0, max=2)] = 0.7,
+    max_tokens: Annotated[int | None, typer.Option("--max-tokens", help="Cap each reply.")] = None,
     ctx: Annotated[
         int | None, typer.Option("--ctx", help="Context size (in-process only).")
     ] = None,
@@ -51,7 +52,10 @@ def chat(
 
     settings = load_settings({"ctx": ctx, "threads": threads})
     session = ChatSession(
-        model=model or settings.default_model, system=system, temperature=temperature
+        model=model or settings.default_model,
+        system=system,
+        temperature=temperature,
+        max_tokens=max_tokens,
     )
     backend = _backend(url, settings)
     if not sys.stdin.isatty():
@@ -181,12 +185,20 @@ def _repl(session: ChatSession, backend: Backend, history: Path) -> None:
         _reply(session, backend)
 
 
+_CONTROL = dict.fromkeys(c for c in range(32) if chr(c) not in "\n\t")
+
+
+def _printable(text: str) -> str:
+    """Model output minus control characters, which would move the cursor or ring the bell."""
+    return text.translate(_CONTROL)
+
+
 def _reply(session: ChatSession, backend: Backend) -> None:
     from rich.live import Live
     from rich.markdown import Markdown
 
     cancel = threading.Event()
-    text, last = "", None
+    text, last, stopped = "", None, False
     out = console()
     pump = _Pump(session, backend, cancel)
     try:
@@ -197,16 +209,17 @@ def _reply(session: ChatSession, backend: Backend) -> None:
                 for piece in pump:
                     text += piece.text
                     last = piece if piece.done else last
-                    live.update(Markdown(text))
+                    live.update(Markdown(_printable(text)))
             except KeyboardInterrupt:
                 cancel.set()
+                stopped = True
                 pump.wait()
     except ImpetusError as exc:
         session.messages.pop()  # the question was not answered: let the user ask again
         err_console().print(f"[red]{exc.message}[/] {exc.hint or ''}")
         return
     session.add_assistant(text)
-    if cancel.is_set():
+    if stopped:
         out.print("[dim](stopped)[/]")
     elif last is not None:
         out.print(

@@ -119,7 +119,8 @@ class Generation:
 
     def close(self) -> None:
         """Stop early (client gone): cancel the engine, then release the slot."""
-        self.cancel.set()
+        if not self._released:
+            self.cancel.set()
         self._iter.close()
         if not self._released:  # the iterator never started: its finally did not run
             self._finish(None, "cancelled")
