@@ -73,7 +73,12 @@ def continue_models(w: Wiring) -> list[dict[str, Any]]:
 def backup(path: Path) -> Path | None:
     if not path.exists():
         return None
-    target = path.with_name(f"{path.name}.bak-{time.strftime('%Y%m%d-%H%M%S')}")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = path.with_name(f"{path.name}.bak-{stamp}")
+    n = 1
+    while target.exists():  # two writes in one second keep both backups
+        target = path.with_name(f"{path.name}.bak-{stamp}-{n}")
+        n += 1
     shutil.copy2(path, target)
     return target
 

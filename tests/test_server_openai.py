@@ -151,7 +151,7 @@ def test_cline_request_replayed_counts_the_system_prompt(tiny_server: str) -> No
         stream_options={"include_usage": True},
         max_tokens=4,
     )
-    usage = [ch.usage for ch in stream if ch.usage][0]
+    usage = next(ch.usage for ch in stream if ch.usage)
     alone = c.chat.completions.create(model="tiny", messages=messages[1:], max_tokens=1).usage
     assert (
         usage.prompt_tokens > alone.prompt_tokens + 300
