@@ -1,0 +1,81 @@
+"""`impetus show NAME`: facts read from the model file, and what it needs on this machine."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from impetus_cli.commands._options import JsonOpt
+from impetus_cli.commands._ui import console, human_bytes, print_json
+from impetus_cli.errors import ImpetusError
+
+
+def register(app: typer.Typer) -> None:
+    app.command("show")(show)
+
+
+def show(
+    name: Annotated[str | None, typer.Argument(help="Model name or path.")] = None,
+    hardware: Annotated[
+        bool, typer.Option("--hardware", help="Show this machine instead.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Architecture, parameters, quantization, layers, context, template; memory at the default context."""
+    from impetus_cli.commands import hardware as hardware_command
+
+    if hardware or name is None:
+        if name is None and not hardware:
+            raise ImpetusError("Name a model, or pass --hardware.", "e.g. impetus show gemma3:270m")
+        hardware_command.hardware(as_json)
+        return
+    from dataclasses import asdict
+
+    from impetus_cli.runtime.config import load_settings
+    from impetus_cli.runtime.manager import ModelManager
+
+    manager = ModelManager(load_settings())
+    model = manager.resolve(name)
+    info = manager.info(model)
+    plan = manager.plan(name)
+    if as_json:
+        data = {
+            **asdict(info),
+            "path": str(info.path),
+            "chat_template": info.chat_template is not None,
+            "origin": model.origin,
+            "plan": {**asdict(plan), "model": model.name, "total_bytes": plan.total_bytes},
+        }
+        print_json(data)
+        return
+    from rich.table import Table
+
+    table = Table(show_header=False, box=None, padding=(0, 2, 0, 0))
+    rows = [
+        ("model", model.name),
+        ("file", str(info.path)),
+        ("origin", model.origin),
+        ("format", info.format),
+        ("architecture", info.architecture),
+        ("parameters", f"{info.n_params / 1e9:.2f} B" if info.n_params else "-"),
+        ("quantization", info.quantization or "-"),
+        ("layers", str(info.n_layers)),
+        ("heads", f"{info.n_heads} ({info.n_kv_heads} KV, {info.head_dim} wide)"),
+        ("trained context", str(info.context_length)),
+        (
+            "chat template",
+            "in the file" if info.chat_template else "none: a built-in one for the architecture",
+        ),
+        ("size on disk", human_bytes(info.file_bytes)),
+        ("planned context", f"{plan.n_ctx} x {plan.n_parallel} sequences"),
+        (
+            "planned memory",
+            f"{human_bytes(plan.total_bytes)} (weights {human_bytes(plan.weights_bytes)}, "
+            f"KV {human_bytes(plan.kv_bytes)}, buffers {human_bytes(plan.compute_bytes)})",
+        ),
+        ("tuning", "; ".join(plan.notes)),
+    ]
+    for key, value in rows:
+        table.add_row(f"[bold]{key}[/]", value)
+    console().print(table)
