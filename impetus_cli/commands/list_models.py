@@ -51,8 +51,9 @@ def list_models(as_json: JsonOpt = False) -> None:
     from rich.table import Table
 
     table = Table(title=None)
+    longest = max((len(m.name) for m in models), default=4)
+    table.add_column("name", no_wrap=True, min_width=min(48, longest))
     for col, justify in (
-        ("name", "left"),
         ("format", "left"),
         ("quant", "left"),
         ("params", "right"),
