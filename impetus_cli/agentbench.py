@@ -84,7 +84,7 @@ def stream_once(
     server sends it, else one token per content chunk."""
     start = time.perf_counter()
     first: float | None = None
-    chunks, usage = 0, {}
+    chunks, usage = 0, dict[str, Any]()
     for event in client.chat_stream(
         model,
         messages,

@@ -46,7 +46,7 @@ def cline_state(w: Wiring) -> tuple[dict[str, Any], dict[str, str]]:
 def continue_models(w: Wiring) -> list[dict[str, Any]]:
     """Continue `models:` entries: chat/edit/apply, autocomplete and embeddings."""
     base = {"provider": "openai", "apiBase": w.base_url, "apiKey": w.api_key or PLACEHOLDER_KEY}
-    models = [
+    models: list[dict[str, Any]] = [
         {
             "name": f"Impetus {w.model}",
             **base,

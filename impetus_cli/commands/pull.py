@@ -23,6 +23,7 @@ def pull(
         BarColumn,
         DownloadColumn,
         Progress,
+        TaskID,
         TextColumn,
         TimeRemainingColumn,
         TransferSpeedColumn,
@@ -40,7 +41,7 @@ def pull(
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=err_console(), transient=False) as bar:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, TaskID] = {}
 
         def show(p: PullProgress) -> None:
             if p.filename not in tasks:

@@ -121,9 +121,11 @@ def _repo_files(repo: str) -> tuple[str, dict[str, int], dict[str, str]]:
 
 
 def _progress_bar(callback: ProgressFn | None, filename: str) -> type | None:
+    forward: ProgressFn
     """A tqdm class that forwards byte counts to ``callback`` (huggingface_hub's tqdm_class)."""
     if callback is None:
         return None
+    forward = callback
     from tqdm.auto import tqdm
 
     class Forward(tqdm):  # type: ignore[misc]
@@ -131,11 +133,11 @@ def _progress_bar(callback: ProgressFn | None, filename: str) -> type | None:
             kwargs["disable"] = True  # we draw our own bar
             super().__init__(*args, **kwargs)
             self.done = int(kwargs.get("initial") or 0)
-            callback(PullProgress(filename, self.done, self.total))
+            forward(PullProgress(filename, self.done, self.total))
 
         def update(self, n: float | None = 1) -> bool | None:
             self.done += int(n or 0)
-            callback(PullProgress(filename, self.done, self.total))
+            forward(PullProgress(filename, self.done, self.total))
             return super().update(n)
 
     return Forward
@@ -327,7 +329,7 @@ def pull(
         path = _download_file(
             repo, filename, commit, sizes[filename], hashes.get(filename), progress
         )
-        size, owned = path.stat().st_size, (path,)
+        size, owned = path.stat().st_size, tuple[Path, ...]((path,))
     else:
         path = _download_dir(repo, commit, files, sizes, progress)
         owned = tuple(p for p in path.iterdir() if p.is_file())

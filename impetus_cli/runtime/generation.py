@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -36,7 +36,9 @@ class Generation:
         self.n_ctx = entry.engine.n_ctx
         self.max_tokens = sampling.max_tokens or 0
         self.cancel = cancel
-        self._stream = entry.engine.generate(tokens, sampling, cancel)
+        self._stream: Generator[GenerationChunk, None, None] = entry.engine.generate(
+            tokens, sampling, cancel
+        )  # type: ignore[assignment]
         self._iter = self._run(tool_style)
         self._released = False
 
@@ -46,7 +48,7 @@ class Generation:
     def __next__(self) -> GenerationChunk:
         return next(self._iter)
 
-    def _run(self, tool_style: str | None) -> Iterator[GenerationChunk]:
+    def _run(self, tool_style: str | None) -> Generator[GenerationChunk, None, None]:
         from impetus_cli.runtime.templates import ToolCallStream
 
         tools = ToolCallStream(tool_style) if tool_style else None

@@ -8,6 +8,7 @@ hold are discovered (discovery.py) and served in place, never deleted by us.
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import tempfile
@@ -111,7 +112,7 @@ class Store:
     def __init__(self, settings: Settings):
         self.settings = settings
 
-    def manifests(self) -> list[LocalModel]:
+    def manifests(self) -> builtins.list[LocalModel]:
         models = []
         for file in sorted(self.settings.manifests_dir.glob("*.json")):
             try:
@@ -120,7 +121,7 @@ class Store:
                 continue  # a foreign or damaged file is skipped, never fatal for listing
         return models
 
-    def list(self) -> list[LocalModel]:
+    def list(self) -> builtins.list[LocalModel]:
         """Ours first, then the built-in model, then other tools' (names unique, first wins)."""
         from impetus_cli.runtime.discovery import discover
 
@@ -144,7 +145,7 @@ class Store:
             return matches[0]
         raise self.not_found(name, [m.name for m in models])
 
-    def not_found(self, name: str, available: list[str]) -> ModelNotFound:
+    def not_found(self, name: str, available: builtins.list[str]) -> ModelNotFound:
         import difflib
 
         suggestions = tuple(difflib.get_close_matches(name, available, n=3, cutoff=0.4))
@@ -168,7 +169,7 @@ class Store:
                 return
             atomic_write_json(file, _to_json(replace(model, last_used=time.time())))
 
-    def remove(self, name: str) -> list[Path]:
+    def remove(self, name: str) -> builtins.list[Path]:
         """Delete our manifest and the files only it references; return what was deleted."""
         model = self.get(name)
         if model.origin not in ("impetus",):

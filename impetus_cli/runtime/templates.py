@@ -258,7 +258,8 @@ def new_call_id() -> str:
 def _call_from(obj: Any) -> ToolCall | None:
     if not isinstance(obj, dict):
         return None
-    fn = obj.get("function") if isinstance(obj.get("function"), dict) else obj
+    inner = obj.get("function")
+    fn: dict[str, Any] = inner if isinstance(inner, dict) else obj
     name = fn.get("name")
     if not isinstance(name, str) or not name:
         return None
@@ -311,7 +312,7 @@ class ToolCallStream:
 
     def _drain_hermes(self, final: bool) -> tuple[str, list[ToolCall]]:
         open_tag, close_tag = "<tool_call>", "</tool_call>"
-        out, found = "", []
+        out, found = "", list[ToolCall]()
         while True:
             if not self.in_call:
                 i = self.buf.find(open_tag)

@@ -199,7 +199,8 @@ def messages(value: Any) -> tuple[ChatMessage, ...]:
     for i, raw in enumerate(value):
         param = f"messages[{i}]"
         msg = _obj(raw, param)
-        role = ROLES.get(msg.get("role")) if isinstance(msg.get("role"), str) else None
+        raw_role = msg.get("role")
+        role = ROLES.get(raw_role) if isinstance(raw_role, str) else None
         if role is None:
             raise bad(
                 f"Unknown role {msg.get('role')!r}; use system, developer, user, assistant or tool.",
@@ -215,7 +216,7 @@ def messages(value: Any) -> tuple[ChatMessage, ...]:
         name = msg.get("name")
         out.append(
             ChatMessage(
-                role=role,
+                role=role,  # type: ignore[arg-type]
                 content=content,
                 tool_calls=calls,  # type: ignore[arg-type]
                 tool_call_id=tool_call_id if isinstance(tool_call_id, str) else None,

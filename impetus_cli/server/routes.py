@@ -21,7 +21,7 @@ from aiohttp import web
 from impetus_cli import __version__
 from impetus_cli.errors import ImpetusError
 from impetus_cli.runtime.generation import Generation
-from impetus_cli.runtime.types import GenerationChunk
+from impetus_cli.runtime.types import GenerationChunk, ToolCall
 from impetus_cli.server import openai, sse
 from impetus_cli.server.keys import EXECUTOR, MANAGER, REQUEST_LOG, STARTED
 
@@ -130,7 +130,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     gen = await blocking(request, request.app[MANAGER].start_chat, req, cancel)
     rid = openai.new_id("chatcmpl")
     if body.get("stream") is not True:
-        text, calls, reasoning, final = "", [], "", None
+        text, reasoning, final = "", "", None
+        calls: list[ToolCall] = []
         async for chunk in pump(request, gen, cancel):
             text, reasoning = text + chunk.text, reasoning + chunk.reasoning
             calls += chunk.tool_calls

@@ -270,8 +270,12 @@ class Dashboard(App[None]):
             return
         self.push_screen(
             ConfirmScreen(f"Remove {name} from disk?"),
-            lambda yes: self._remove(name) if yes else None,
+            lambda yes: self._remove_if(name, bool(yes)),
         )
+
+    def _remove_if(self, name: str, confirmed: bool) -> None:
+        if confirmed:
+            self._remove(name)
 
     @work(thread=True, exit_on_error=False)
     def _remove(self, name: str) -> None:

@@ -70,7 +70,7 @@ def legend(status: dict[str, Any]) -> Text:
 
 
 def loaded_rows(status: dict[str, Any]) -> list[tuple[str, ...]]:
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for m in status.get("models") or []:
         hit = m.get("cache_hit_rate")
         rows.append(
@@ -114,7 +114,7 @@ def throughput_text(status: dict[str, Any]) -> Text:
 
 
 def request_rows(status: dict[str, Any]) -> list[tuple[str, ...]]:
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for r in reversed(status.get("recent_requests") or []):
         rows.append(
             (
