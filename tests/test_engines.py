@@ -1,0 +1,143 @@
+"""Both engines through the same protocol, on real llama.cpp and real mlx-lm."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from impetus_cli.errors import ImpetusError
+from impetus_cli.runtime.types import ChatMessage, GenerationChunk, SamplingParams
+
+ENGINES = ["tiny_gguf_engine", "tiny_mlx_engine"]
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> Any:
+    if request.param == "tiny_gguf_engine":
+        pytest.importorskip("llama_cpp")
+    return request.getfixturevalue(request.param)
+
+
+def run(engine: Any, text: str, **sampling: Any) -> list[GenerationChunk]:
+    tokens = engine.tokenize(engine.render([ChatMessage(role="user", content=text)]))
+    return list(engine.generate(tokens, SamplingParams(**sampling)))
+
+
+def text_of(chunks: list[GenerationChunk]) -> str:
+    return "".join(c.text for c in chunks)
+
+
+def test_stream_is_text_then_one_final_chunk_with_counters(engine: Any) -> None:
+    chunks = run(engine, "hello", max_tokens=12, temperature=0)
+    final = chunks[-1]
+    assert [c.finish_reason for c in chunks[:-1]] == [None] * (len(chunks) - 1)
+    assert final.finish_reason in ("stop", "length") and final.prompt_tokens > 0
+    assert final.completion_tokens <= 12 and final.generation_tps >= 0 and final.ttft_s > 0
+
+
+def test_max_tokens_ends_with_length(engine: Any) -> None:
+    chunks = run(engine, "hello", max_tokens=3, temperature=0, ignore_eos=True)
+    assert chunks[-1].finish_reason == "length" and chunks[-1].completion_tokens == 3
+
+
+def test_temperature_zero_is_deterministic(engine: Any) -> None:
+    assert text_of(run(engine, "the same", max_tokens=16, temperature=0)) == text_of(
+        run(engine, "the same", max_tokens=16, temperature=0)
+    )
+
+
+def test_the_same_seed_gives_the_same_text(engine: Any) -> None:
+    a = text_of(run(engine, "seeded", max_tokens=24, temperature=1.0, seed=7, ignore_eos=True))
+    b = text_of(run(engine, "seeded", max_tokens=24, temperature=1.0, seed=7, ignore_eos=True))
+    c = text_of(run(engine, "seeded", max_tokens=24, temperature=1.0, seed=8, ignore_eos=True))
+    assert a == b and a != c
+
+
+def test_a_stop_string_split_across_tokens_is_never_emitted(engine: Any) -> None:
+    full = text_of(run(engine, "stop test", max_tokens=40, temperature=0, ignore_eos=True))
+    stop = full.strip()[4:10]  # a string the model will produce, likely spanning tokens
+    if len(stop) < 3:
+        pytest.skip("the model produced too little text to pick a stop string")
+    chunks = run(engine, "stop test", max_tokens=40, temperature=0, ignore_eos=True, stop=(stop,))
+    out = text_of(chunks)
+    assert stop not in out and full.startswith(out) and chunks[-1].finish_reason == "stop"
+
+
+def test_cancellation_stops_within_a_token(engine: Any) -> None:
+    cancel = threading.Event()
+    tokens = engine.tokenize(engine.render([ChatMessage(role="user", content="go")]))
+    seen = 0
+    final = None
+    for chunk in engine.generate(
+        tokens, SamplingParams(max_tokens=500, temperature=0, ignore_eos=True), cancel
+    ):
+        if chunk.finish_reason:
+            final = chunk
+        elif chunk.token_ids:
+            seen += 1
+            if seen == 3:
+                cancel.set()
+    assert final is not None and final.finish_reason == "cancelled" and final.completion_tokens <= 4
+
+
+def test_a_follow_up_evaluates_only_its_new_tokens(engine: Any) -> None:
+    first = [ChatMessage(role="user", content="tell me about the quick brown fox")]
+    tokens1 = engine.tokenize(engine.render(first))
+    reply = text_of(list(engine.generate(tokens1, SamplingParams(max_tokens=8, temperature=0))))
+    turn2 = [
+        *first,
+        ChatMessage(role="assistant", content=reply),
+        ChatMessage(role="user", content="and the dog?"),
+    ]
+    tokens2 = engine.tokenize(engine.render(turn2))
+    final = list(engine.generate(tokens2, SamplingParams(max_tokens=4, temperature=0)))[-1]
+    assert final.cached_tokens >= len(tokens1) - 1
+    assert engine.last_evaluated_tokens == len(tokens2) - final.cached_tokens
+
+
+def test_embeddings_are_normalised_vectors_of_the_hidden_size(engine: Any) -> None:
+    vectors = engine.embed(["hello world", "something else"])
+    assert len(vectors) == 2 and len(vectors[0]) == 64
+    assert abs(sum(x * x for x in vectors[0]) - 1) < 1e-3 and vectors[0] != vectors[1]
+
+
+def test_grammar_constrains_gguf_output_to_json(gemma_engine: Any) -> None:
+    from impetus_cli.runtime.grammar import JSON_OBJECT
+
+    tokens = gemma_engine.tokenize(
+        gemma_engine.render([ChatMessage(role="user", content="Give a JSON object for a cat.")])
+    )
+    text = text_of(
+        list(
+            gemma_engine.generate(
+                tokens, SamplingParams(max_tokens=60, temperature=0, grammar=JSON_OBJECT)
+            )
+        )
+    )
+    assert text.lstrip().startswith("{")
+
+
+def test_mlx_refuses_grammar_clearly(tiny_mlx_engine: Any) -> None:
+    with pytest.raises(ImpetusError, match="not available for MLX"):
+        list(tiny_mlx_engine.generate([1, 2, 3], SamplingParams(grammar='root ::= "x"')))
+
+
+def test_gemma_chat_follows_its_turn_format_and_replies(gemma_engine: Any) -> None:
+    prompt = gemma_engine.render(
+        [
+            ChatMessage(role="system", content="Be brief."),
+            ChatMessage(role="user", content="Say hello."),
+        ]
+    )
+    assert prompt.startswith(
+        "<bos><start_of_turn>user\nBe brief.\n\nSay hello.<end_of_turn>\n<start_of_turn>model\n"
+    )
+    chunks = list(
+        gemma_engine.generate(
+            gemma_engine.tokenize(prompt), SamplingParams(max_tokens=20, temperature=0)
+        )
+    )
+    assert text_of(chunks).strip()
+    assert gemma_engine.tokenize(prompt).count(2) == 1  # BOS once, though the template writes it
