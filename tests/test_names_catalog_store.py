@@ -67,7 +67,7 @@ def test_quantization_is_the_best_that_fits_the_budget(budget_gb: float, quant: 
 
 
 def test_nothing_fits_is_a_clear_error() -> None:
-    with pytest.raises(InsufficientMemory, match="exceeds the 8.0 GB budget"):
+    with pytest.raises(InsufficientMemory, match=r"exceeds the 8\.0 GB budget"):
         catalog.resolve(parse_ref("qwen2.5-coder:32b"), 8 * GB, 32768)
 
 
