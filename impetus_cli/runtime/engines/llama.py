@@ -6,13 +6,16 @@ sampler chain samples straight from the context, so per token Python only decode
 appends one piece of text.
 
 The context holds ``plan.n_parallel`` sequences (``Slot``); each keeps the tokens in its part of
-the KV cache, so a prompt that extends them evaluates only what is new (prefix reuse).
+the KV cache and its own sampler, so a prompt that extends them evaluates only what is new (prefix
+reuse), and a scheduler can later step several slots in one ``llama_decode`` (continuous batching).
 """
 
 from __future__ import annotations
 
 import codecs
+import collections
 import ctypes
+import math
 import os
 import threading
 import time
@@ -20,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from impetus_cli.errors import CorruptModel, EngineError, ImpetusError
+from impetus_cli.errors import ContextLengthExceeded, CorruptModel, EngineError, ImpetusError
 from impetus_cli.runtime.types import (
     ChatMessage,
     GenerationChunk,
@@ -30,8 +33,12 @@ from impetus_cli.runtime.types import (
     ToolSpec,
 )
 
+# KV cache type names -> ggml_type, and their bytes per element (blocks of 32 for q*_0).
 KV_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "bf16": 30}
+KV_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32, "q4_1": 20 / 32}
+POOLING = {"none": 0, "mean": 1, "cls": 2, "last": 3}
 _LOG_CALLBACK: Any = None  # keeps the ctypes callback alive for the life of the process
+_RECENT_ERRORS: collections.deque[str] = collections.deque(maxlen=6)  # for load error messages
 
 
 def _lib() -> Any:
@@ -51,6 +58,8 @@ def _lib() -> Any:
         def log(level: int, text: bytes, _user: Any) -> None:
             if verbose:
                 os.write(2, text)
+            if level >= 3 and text:  # GGML_LOG_LEVEL_WARN and ERROR: kept to explain failures
+                _RECENT_ERRORS.append(text.decode("utf-8", "replace").strip())
 
         _LOG_CALLBACK = lib.llama_log_callback(log)
         lib.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
@@ -58,12 +67,20 @@ def _lib() -> Any:
     return lib
 
 
+def _llama_said() -> str:
+    said = "; ".join(line for line in _RECENT_ERRORS if line)
+    _RECENT_ERRORS.clear()
+    return f" llama.cpp said: {said}" if said else ""
+
+
 @dataclass
 class Slot:
-    """One sequence of the context: its id and the tokens its KV cache holds."""
+    """One sequence of the context: its id, the tokens its KV cache holds, and the sampler of
+    the request running on it (None when idle)."""
 
     seq_id: int
     tokens: list[int] = field(default_factory=list)
+    sampler: _Sampler | None = None
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -72,6 +89,91 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
         if a[i] != b[i]:
             return i
     return n
+
+
+class _Sampler:
+    """One request's C sampler chain. A grammar is kept out of the chain and checked only on
+    the token the chain picked (llama.cpp's own server does the same): applying it to a 262k
+    vocabulary first costs ~0.1 s per token; the full pass runs only when the pick is rejected."""
+
+    def __init__(
+        self, lib: Any, vocab: Any, n_vocab: int, s: SamplingParams, prompt: Sequence[int]
+    ):
+        self.lib, self.n_vocab = lib, n_vocab
+        self.chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+        self.grammar: Any = None
+        if s.grammar:
+            self.grammar = lib.llama_sampler_init_grammar(vocab, s.grammar.encode(), b"root")
+            if not self.grammar:
+                self.free()
+                raise ImpetusError(
+                    "The response format could not be compiled to a grammar." + _llama_said(),
+                    param="response_format",
+                )
+        add = lambda smpl: lib.llama_sampler_chain_add(self.chain, smpl)  # noqa: E731
+        if s.logit_bias:
+            items = (lib.llama_logit_bias * len(s.logit_bias))()
+            for i, (tok, bias) in enumerate(s.logit_bias.items()):
+                items[i].token, items[i].bias = int(tok), float(bias)
+            add(lib.llama_sampler_init_logit_bias(n_vocab, len(s.logit_bias), items))
+        if s.repeat_penalty != 1.0 or s.frequency_penalty or s.presence_penalty:
+            pen = lib.llama_sampler_init_penalties(
+                n_vocab, 64, s.repeat_penalty, s.frequency_penalty, s.presence_penalty
+            )
+            for token in prompt[-64:]:  # the penalty window sees the end of the prompt
+                lib.llama_sampler_accept(pen, token)
+            add(pen)
+        if s.temperature <= 0:
+            add(lib.llama_sampler_init_greedy())
+        else:
+            add(lib.llama_sampler_init_top_k(s.top_k))
+            add(lib.llama_sampler_init_top_p(s.top_p, 1))
+            add(lib.llama_sampler_init_min_p(s.min_p, 1))
+            add(lib.llama_sampler_init_temp(s.temperature))
+            seed = s.seed if s.seed is not None else int.from_bytes(os.urandom(4), "little")
+            add(lib.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        self._one = (lib.llama_token_data * 1)()
+        self._one_arr = lib.llama_token_data_array(self._one, 1, -1, False)
+
+    def sample(self, ctx: Any) -> int:
+        token = int(self.lib.llama_sampler_sample(self.chain, ctx, -1))
+        if self.grammar is not None:
+            if not self._grammar_allows(token):
+                token = self._resample_with_grammar(ctx)
+            self.lib.llama_sampler_accept(self.grammar, token)
+        return token
+
+    def _grammar_allows(self, token: int) -> bool:
+        self._one[0].id, self._one[0].logit, self._one[0].p = token, 1.0, 0.0
+        self._one_arr.selected = -1
+        self.lib.llama_sampler_apply(self.grammar, ctypes.byref(self._one_arr))
+        return not math.isinf(self._one[0].logit)
+
+    def _resample_with_grammar(self, ctx: Any) -> int:
+        """The full pass: every candidate through the grammar, then the chain's choice."""
+        import numpy as np
+
+        lib = self.lib
+        dtype = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
+        cands = np.empty(self.n_vocab, dtype=dtype)
+        cands["id"] = np.arange(self.n_vocab, dtype=np.int32)
+        cands["logit"] = np.ctypeslib.as_array(
+            lib.llama_get_logits_ith(ctx, -1), shape=(self.n_vocab,)
+        )
+        cands["p"] = 0.0
+        data = cands.ctypes.data_as(lib.llama_token_data_p)
+        arr = lib.llama_token_data_array(data, self.n_vocab, -1, False)
+        lib.llama_sampler_apply(self.grammar, ctypes.byref(arr))
+        lib.llama_sampler_apply(self.chain, ctypes.byref(arr))
+        if arr.selected < 0:
+            raise EngineError("The grammar allows no token here.", param="response_format")
+        return int(arr.data[arr.selected].id)
+
+    def free(self) -> None:
+        if self.grammar is not None:
+            self.lib.llama_sampler_free(self.grammar)
+        self.lib.llama_sampler_free(self.chain)
+        self.grammar = self.chain = None
 
 
 class LlamaEngine:
@@ -83,9 +185,12 @@ class LlamaEngine:
         self._vocab = lib.llama_model_get_vocab(model)
         self._mem = lib.llama_get_memory(ctx)
         self._n_vocab = lib.llama_vocab_n_tokens(self._vocab)
-        self._batch = lib.llama_batch_init(plan.n_batch, 0, 1)
+        self._n_batch = max(1, min(plan.n_batch, lib.llama_n_batch(ctx)))
+        self._batch = lib.llama_batch_init(self._n_batch, 0, 1)
+        self._piece_buf = ctypes.create_string_buffer(256)
         self._slots = [Slot(i) for i in range(max(1, plan.n_parallel))]
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one generation at a time on the context, for now
+        self._embed_lock = threading.Lock()
         self._embed_ctx: Any = None
         self._closed = False
         self.last_cached_tokens = 0  # counters the tests and metrics read
@@ -94,18 +199,23 @@ class LlamaEngine:
     @classmethod
     def load(cls, plan: LoadPlan, info: ModelInfo) -> LlamaEngine:
         lib = _lib()
+        if not info.path.is_file():
+            raise CorruptModel(f"{info.path} does not exist.", "Pull the model again.")
         mparams = lib.llama_model_default_params()
         mparams.n_gpu_layers = plan.n_gpu_layers
+        _RECENT_ERRORS.clear()
         model = lib.llama_model_load_from_file(str(info.path).encode(), mparams)
         if not model:
             raise CorruptModel(
-                f"llama.cpp could not load {info.path}.", "The file may be damaged: pull it again."
+                f"llama.cpp could not load {info.path.name}.{_llama_said()}",
+                "The file may be damaged or from a newer llama.cpp: pull it again, or upgrade.",
             )
         ctx = lib.llama_init_from_model(model, cls._context_params(lib, plan, embeddings=False))
         if not ctx:
             lib.llama_model_free(model)
             raise EngineError(
-                f"llama.cpp could not create a {plan.n_ctx}-token context for {info.path.name}.",
+                f"llama.cpp could not create a {plan.n_ctx}-token context for "
+                f"{info.path.name}.{_llama_said()}",
                 "Try a smaller --ctx or --memory-budget.",
             )
         return cls(plan, info, lib, model, ctx)
@@ -113,20 +223,22 @@ class LlamaEngine:
     @staticmethod
     def _context_params(lib: Any, plan: LoadPlan, *, embeddings: bool) -> Any:
         params = lib.llama_context_default_params()
-        # plan.n_ctx is per sequence; the context holds n_parallel of them.
-        params.n_ctx = (
-            plan.n_ctx * max(1, plan.n_parallel) if not embeddings else min(plan.n_ctx, 4096)
-        )
-        params.n_batch = plan.n_batch if not embeddings else params.n_ctx
-        params.n_ubatch = plan.n_ubatch if not embeddings else params.n_ctx
-        params.n_seq_max = max(1, plan.n_parallel) if not embeddings else 1
+        if embeddings:
+            # A whole input must fit in one micro-batch for pooling.
+            params.n_ctx = params.n_batch = params.n_ubatch = min(plan.n_ctx, 4096)
+            params.n_seq_max = 1
+        else:
+            # plan.n_ctx is per sequence; the context holds n_parallel of them.
+            params.n_ctx = plan.n_ctx * max(1, plan.n_parallel)
+            params.n_batch, params.n_ubatch = plan.n_batch, min(plan.n_ubatch, plan.n_batch)
+            params.n_seq_max = max(1, plan.n_parallel)
         params.n_threads = plan.n_threads
         params.n_threads_batch = plan.n_threads_batch
         params.flash_attn_type = 1 if plan.flash_attn else 0
-        params.type_k = params.type_v = KV_TYPES.get(plan.kv_type, 1)
+        params.type_k = KV_TYPES.get(plan.kv_type, 1)
+        # A quantized V cache needs flash attention; without it V stays f16.
+        params.type_v = params.type_k if plan.flash_attn else 1
         params.embeddings = embeddings
-        if embeddings:
-            params.pooling_type = 1  # mean: works for any decoder model
         # Keep the whole sliding-window cache so a shared prefix can be reused on Gemma 2/3.
         params.swa_full = True
         params.no_perf = True
@@ -138,9 +250,14 @@ class LlamaEngine:
 
     @property
     def memory_bytes(self) -> int:
+        """Weights as llama.cpp holds them + the KV cache it allocated + planned buffers."""
+        per_token = self.info.kv_bytes_per_token(KV_BYTES.get(self.plan.kv_type, 2.0))
+        cells = int(self._lib.llama_n_ctx(self._ctx))
+        if self._embed_ctx is not None:
+            cells += int(self._lib.llama_n_ctx(self._embed_ctx))
         return (
             int(self._lib.llama_model_size(self._model))
-            + self.plan.kv_bytes
+            + per_token * cells
             + self.plan.compute_bytes
         )
 
@@ -176,12 +293,13 @@ class LlamaEngine:
             n = self._lib.llama_tokenize(self._vocab, data, len(data), buf, -n, add_bos, special)
         return list(buf[:n])
 
-    def _piece(self, token: int, special: bool = False) -> bytes:
-        buf = ctypes.create_string_buffer(64)
-        n = self._lib.llama_token_to_piece(self._vocab, token, buf, 64, 0, special)
+    def _piece(self, token: int) -> bytes:
+        buf = self._piece_buf
+        n = self._lib.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
         if n < 0:
-            buf = ctypes.create_string_buffer(-n)
-            n = self._lib.llama_token_to_piece(self._vocab, token, buf, -n, 0, special)
+            big = ctypes.create_string_buffer(-n)
+            n = self._lib.llama_token_to_piece(self._vocab, token, big, -n, 0, False)
+            return big.raw[:n]
         return buf.raw[:n]
 
     def detokenize(self, tokens: Sequence[int]) -> str:
@@ -210,6 +328,8 @@ class LlamaEngine:
     ) -> Iterator[GenerationChunk]:
         if not tokens:
             raise ImpetusError("The prompt is empty.", param="messages")
+        if len(tokens) > self.n_ctx:
+            raise ContextLengthExceeded(self.n_ctx, len(tokens))
         with self._lock:
             slot = max(self._slots, key=lambda s: common_prefix(s.tokens, tokens))
             yield from self._run(slot, list(tokens), sampling, cancel or threading.Event())
@@ -225,44 +345,50 @@ class LlamaEngine:
         prompt_done = time.perf_counter()
         evaluated = len(tokens) - cached
         self.last_cached_tokens, self.last_evaluated_tokens = cached, evaluated
-        sampler = self._sampler(sampling, tokens)
+        slot.sampler = _Sampler(self._lib, self._vocab, self._n_vocab, sampling, tokens)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         stops = StopMatcher(sampling.stop)
         room = self.n_ctx - len(tokens)
         limit = room if sampling.max_tokens is None else min(sampling.max_tokens, room)
-        generated, finish, first_at = 0, "length", 0.0
+        is_eog, ctx, vocab = self._lib.llama_vocab_is_eog, self._ctx, self._vocab
+        generated, finish, first_at, pending = 0, "length", 0.0, []
         try:
             while generated < limit:
                 if cancel.is_set():
                     finish = "cancelled"
                     break
-                token = self._lib.llama_sampler_sample(sampler, self._ctx, -1)
+                token = slot.sampler.sample(ctx)
                 first_at = first_at or time.perf_counter()
-                if self._lib.llama_vocab_is_eog(self._vocab, token) and not sampling.ignore_eos:
+                if is_eog(vocab, token) and not sampling.ignore_eos:
                     finish = "stop"
                     break
                 generated += 1
+                pending.append(token)
                 text, stopped = stops.feed(decoder.decode(self._piece(token)))
                 if text:
-                    yield GenerationChunk(text=text, token_ids=(token,))
+                    yield GenerationChunk(text=text, token_ids=tuple(pending))
+                    pending = []
                 if stopped:
                     finish = "stop"
                     break
                 if generated < limit:
-                    self._evaluate(slot, [token])
+                    self._step(slot, token)
         finally:
-            self._lib.llama_sampler_free(sampler)
-        tail = stops.flush() + decoder.decode(b"", final=True) if finish != "stop" else ""
+            slot.sampler.free()
+            slot.sampler = None
+        # Text held back as a possible stop-string start is emitted unless a stop string hit.
+        tail = stops.flush() + decoder.decode(b"", final=True)
         end = time.perf_counter()
         decode_s = end - (first_at or end)
         yield GenerationChunk(
-            text=tail,
+            text=tail if not stops.stopped else "",
+            token_ids=tuple(pending),
             finish_reason=finish,  # type: ignore[arg-type]
             prompt_tokens=len(tokens),
             cached_tokens=cached,
             completion_tokens=generated,
             prompt_tps=evaluated / (prompt_done - start) if prompt_done > start else 0.0,
-            generation_tps=generated / decode_s if decode_s > 0 else 0.0,
+            generation_tps=(generated - 1) / decode_s if decode_s > 0 and generated > 1 else 0.0,
             ttft_s=(first_at or end) - start,
         )
 
@@ -279,7 +405,7 @@ class LlamaEngine:
 
     def _evaluate(self, slot: Slot, new: Sequence[int]) -> None:
         """Decode ``new`` after the slot's tokens, in n_batch chunks; logits for the last only."""
-        batch, step = self._batch, self.plan.n_batch
+        batch, step = self._batch, self._n_batch
         for start in range(0, len(new), step):
             chunk = new[start : start + step]
             batch.n_tokens = len(chunk)
@@ -291,67 +417,34 @@ class LlamaEngine:
                 batch.seq_id[i][0] = slot.seq_id
                 batch.logits[i] = 0
             batch.logits[len(chunk) - 1] = start + len(chunk) == len(new)
-            code = self._lib.llama_decode(self._ctx, batch)
-            if code != 0:
-                raise EngineError(
-                    f"llama_decode failed with code {code}", "The context may be full."
-                )
+            self._decode()
             slot.tokens.extend(chunk)
 
-    def _sampler(self, s: SamplingParams, prompt: Sequence[int]) -> Any:
-        lib = self._lib
-        chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
-        add = lambda smpl: lib.llama_sampler_chain_add(chain, smpl)  # noqa: E731
-        if s.grammar:
-            grammar = lib.llama_sampler_init_grammar(self._vocab, s.grammar.encode(), b"root")
-            if not grammar:
-                lib.llama_sampler_free(chain)
-                raise ImpetusError(
-                    "The response format could not be compiled to a grammar.",
-                    param="response_format",
-                )
-            add(grammar)
-        if s.logit_bias:
-            items = (lib.llama_logit_bias * len(s.logit_bias))()
-            for i, (tok, bias) in enumerate(s.logit_bias.items()):
-                items[i].token, items[i].bias = int(tok), float(bias)
-            add(lib.llama_sampler_init_logit_bias(self._n_vocab, len(s.logit_bias), items))
-        penalised = s.repeat_penalty != 1.0 or s.frequency_penalty or s.presence_penalty
-        if penalised:
-            add(
-                lib.llama_sampler_init_penalties(
-                    self._n_vocab, 64, s.repeat_penalty, s.frequency_penalty, s.presence_penalty
-                )
+    def _step(self, slot: Slot, token: int) -> None:
+        """One sampled token back into the context: the per-token hot path, kept minimal."""
+        batch = self._batch
+        batch.n_tokens = 1
+        batch.token[0], batch.pos[0], batch.n_seq_id[0] = token, len(slot.tokens), 1
+        batch.seq_id[0][0], batch.logits[0] = slot.seq_id, 1
+        self._decode()
+        slot.tokens.append(token)
+
+    def _decode(self) -> None:
+        code = self._lib.llama_decode(self._ctx, self._batch)
+        if code != 0:
+            raise EngineError(
+                f"llama_decode failed with code {code}.{_llama_said()}",
+                "The context may be full: start a new conversation or load a larger --ctx.",
             )
-        if s.temperature <= 0:
-            add(lib.llama_sampler_init_greedy())
-        else:
-            add(lib.llama_sampler_init_top_k(s.top_k))
-            add(lib.llama_sampler_init_top_p(s.top_p, 1))
-            add(lib.llama_sampler_init_min_p(s.min_p, 1))
-            add(lib.llama_sampler_init_temp(s.temperature))
-            seed = s.seed if s.seed is not None else int.from_bytes(os.urandom(4), "little")
-            add(lib.llama_sampler_init_dist(seed & 0xFFFFFFFF))
-        if penalised and not s.grammar:
-            for token in prompt[-64:]:  # the penalty window sees the end of the prompt
-                lib.llama_sampler_accept(chain, token)
-        return chain
 
     # -- embeddings ---------------------------------------------------------------------------
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        import math
-
+        """Pooled, L2-normalised vectors; inputs longer than the embedding context are cut."""
         lib = self._lib
-        with self._lock:
-            if self._embed_ctx is None:
-                self._embed_ctx = lib.llama_init_from_model(
-                    self._model, self._context_params(lib, self.plan, embeddings=True)
-                )
-                if not self._embed_ctx:
-                    raise EngineError("llama.cpp could not create an embedding context.")
-            ctx, n_embd = self._embed_ctx, lib.llama_model_n_embd(self._model)
-            limit = lib.llama_n_ctx(ctx)
+        with self._embed_lock:
+            ctx = self._embedding_context()
+            n_embd, limit = lib.llama_model_n_embd(self._model), lib.llama_n_ctx(ctx)
             batch = lib.llama_batch_init(limit, 0, 1)
             vectors = []
             try:
@@ -363,17 +456,39 @@ class LlamaEngine:
                         batch.token[i], batch.pos[i], batch.n_seq_id[i] = tok, i, 1
                         batch.seq_id[i][0], batch.logits[i] = 0, 1
                     if lib.llama_decode(ctx, batch) != 0:
-                        raise EngineError("llama_decode failed while embedding.")
+                        raise EngineError(f"llama_decode failed while embedding.{_llama_said()}")
                     raw = lib.llama_get_embeddings_seq(ctx, 0)
-                    vec = [raw[i] for i in range(n_embd)]
+                    vec = raw[:n_embd]
                     norm = math.sqrt(sum(x * x for x in vec)) or 1.0
                     vectors.append([x / norm for x in vec])
             finally:
                 lib.llama_batch_free(batch)
             return vectors
 
+    def _embedding_context(self) -> Any:
+        """Created on first use: the model's own pooling (embedding models), else mean."""
+        if self._embed_ctx is None:
+            lib = self._lib
+            params = self._context_params(lib, self.plan, embeddings=True)
+            params.pooling_type = self._model_pooling()
+            self._embed_ctx = lib.llama_init_from_model(self._model, params)
+            if not self._embed_ctx:
+                raise EngineError(
+                    f"llama.cpp could not create an embedding context.{_llama_said()}"
+                )
+        return self._embed_ctx
+
+    def _model_pooling(self) -> int:
+        buf = ctypes.create_string_buffer(32)
+        key = f"{self.info.architecture}.pooling_type".encode()
+        if self._lib.llama_model_meta_val_str(self._model, key, buf, len(buf)) > 0:
+            value = int(buf.value or b"0")
+            if value in (POOLING["mean"], POOLING["cls"], POOLING["last"]):
+                return value
+        return POOLING["mean"]  # decoder models have none; mean works for any of them
+
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._embed_lock:
             if self._closed:
                 return
             self._closed = True
