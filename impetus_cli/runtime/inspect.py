@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import mmap
+import re
 import struct
 from pathlib import Path
 from typing import Any
@@ -129,8 +130,9 @@ class _Cursor:
 
 
 def read_gguf_header(path: Path) -> tuple[dict[str, Any], list[tuple[str, list[int], int]]]:
-    """Metadata (arrays longer than 64 items are replaced by their length) and tensor
-    (name, shape, ggml type) entries."""
+    """Metadata (the tokenizer's big arrays replaced by their length) and tensor
+    (name, shape, ggml type) entries. The strings of the BOS and EOS tokens are read from the
+    token list and put under ``tokenizer.ggml.bos_token`` / ``tokenizer.ggml.eos_token``."""
     try:
         with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
             if buf[:4] != GGUF_MAGIC:
@@ -143,8 +145,11 @@ def read_gguf_header(path: Path) -> tuple[dict[str, Any], list[tuple[str, list[i
                     f"{path}: GGUF version {version} is too old.", "Pull a newer file."
                 )
             meta: dict[str, Any] = {}
+            tokens_at = -1
             for _ in range(n_kv):
                 key, vtype = cur.string(), cur.scalar("I")
+                if key == "tokenizer.ggml.tokens":
+                    tokens_at = cur.pos
                 small = key.endswith(("chat_template", "architecture")) or not key.startswith(
                     "tokenizer.ggml."
                 )
@@ -155,11 +160,35 @@ def read_gguf_header(path: Path) -> tuple[dict[str, Any], list[tuple[str, list[i
                 shape = [cur.scalar("Q") for _ in range(n_dims)]
                 ggml_type, _offset = cur.scalar("I"), cur.scalar("Q")
                 tensors.append((name, shape, ggml_type))
+            if tokens_at >= 0:
+                meta.update(_special_strings(buf, tokens_at, meta))
             return meta, tensors
     except (struct.error, ValueError, OSError) as exc:
         raise CorruptModel(
             f"{path} is truncated or not a GGUF file ({exc}).", "Pull it again."
         ) from exc
+
+
+def _special_strings(buf: Any, tokens_at: int, meta: dict[str, Any]) -> dict[str, str]:
+    """Walk the token list (an array of strings at ``tokens_at``) up to the BOS/EOS ids."""
+    wanted = {
+        f"tokenizer.ggml.{name}_token": meta[f"tokenizer.ggml.{name}_token_id"]
+        for name in ("bos", "eos")
+        if isinstance(meta.get(f"tokenizer.ggml.{name}_token_id"), int)
+    }
+    cur = _Cursor(buf)
+    cur.pos = tokens_at
+    if cur.scalar("I") != _STRING or not wanted:
+        return {}
+    count, ids = cur.scalar("Q"), set(wanted.values())
+    found: dict[str, str] = {}
+    for index in range(min(count, max(ids) + 1)):
+        if index in ids:
+            text = cur.string()
+            found.update({key: text for key, i in wanted.items() if i == index})
+        else:
+            cur.skip_string()
+    return found
 
 
 def detect_format(path: Path) -> Format:
@@ -208,8 +237,12 @@ def _inspect_gguf(path: Path) -> ModelInfo:
     n_kv = _first_int(key("attention.head_count_kv", n_heads))
     head_dim = int(key("attention.key_length", embd // max(n_heads, 1)))
     tokens = meta.get("tokenizer.ggml.tokens")
+    shards = _split_shards(path, meta)
+    for shard in shards[1:]:
+        tensors = tensors + read_gguf_header(shard)[1]
     n_params = sum(_product(shape) for _, shape, _ in tensors)
     ftype = meta.get("general.file_type")
+    quant = FILE_TYPES.get(int(ftype)) if ftype is not None else None
     return ModelInfo(
         path=path,
         format="gguf",
@@ -220,13 +253,51 @@ def _inspect_gguf(path: Path) -> ModelInfo:
         head_dim=head_dim,
         embedding_length=embd,
         context_length=int(key("context_length", 2048)),
-        file_bytes=path.stat().st_size,
+        file_bytes=sum(p.stat().st_size for p in shards),
         n_params=n_params or None,
-        quantization=FILE_TYPES.get(int(ftype)) if ftype is not None else None,
+        quantization=quant or _dominant_type(tensors),
         vocab_size=tokens if isinstance(tokens, int) else (len(tokens) if tokens else None),
         chat_template=meta.get("tokenizer.chat_template"),
         name=meta.get("general.name"),
+        bos_token=meta.get("tokenizer.ggml.bos_token"),
+        eos_token=meta.get("tokenizer.ggml.eos_token"),
     )
+
+
+_SHARD = re.compile(r"^(?P<stem>.*)-(?P<i>\d{5})-of-(?P<n>\d{5})\.gguf$")
+
+
+def _split_shards(path: Path, meta: dict[str, Any]) -> list[Path]:
+    """All files of a split GGUF (``x-00001-of-00003.gguf``), the first one first."""
+    match = _SHARD.match(path.name)
+    if not match or int(meta.get("split.count", 1)) <= 1:
+        return [path]
+    n = int(match["n"])
+    shards = [path.with_name(f"{match['stem']}-{i:05d}-of-{n:05d}.gguf") for i in range(1, n + 1)]
+    missing = [p.name for p in shards if not p.exists()]
+    if missing:
+        raise CorruptModel(
+            f"{path.name} is one part of a split model; missing: {', '.join(missing)}.",
+            "Pull the model again so that every part is present.",
+        )
+    return shards
+
+
+def _dominant_type(tensors: list[tuple[str, list[int], int]]) -> str | None:
+    """The ggml type holding most weights, when the file does not say its file type."""
+    totals: dict[int, int] = {}
+    for _, shape, ggml_type in tensors:
+        if len(shape) >= 2:
+            totals[ggml_type] = totals.get(ggml_type, 0) + _product(shape)
+    if not totals:
+        return None
+    import gguf
+
+    dominant = max(totals, key=lambda t: totals[t])
+    try:
+        return gguf.GGMLQuantizationType(dominant).name
+    except ValueError:
+        return f"type{dominant}"
 
 
 def _first_int(value: Any) -> int:
@@ -264,7 +335,7 @@ def _inspect_config_dir(path: Path, fmt: Format) -> ModelInfo:
         embedding_length=embd,
         context_length=int(text.get("max_position_embeddings", 2048)),
         file_bytes=weights,
-        n_params=None,
+        n_params=_safetensors_params(path, quant.get("bits")) or None,
         quantization=f"{quant['bits']}bit"
         if "bits" in quant
         else str(text.get("torch_dtype") or "") or None,
@@ -272,6 +343,27 @@ def _inspect_config_dir(path: Path, fmt: Format) -> ModelInfo:
         chat_template=_tokenizer_template(path),
         name=path.name,
     )
+
+
+def _safetensors_params(path: Path, bits: int | None) -> int:
+    """Parameters from the safetensors headers (8-byte length + JSON), no weights read. MLX
+    packs quantized weights into uint32 words (32/bits values each) beside scales and biases."""
+    total = 0
+    for file in sorted(path.glob("*.safetensors")):
+        try:
+            with file.open("rb") as fh:
+                (size,) = struct.unpack("<Q", fh.read(8))
+                header = json.loads(fh.read(size))
+        except (OSError, ValueError, struct.error) as exc:
+            raise CorruptModel(f"{file} has an unreadable header: {exc}", "Pull it again.") from exc
+        for name, entry in header.items():
+            if name == "__metadata__" or not isinstance(entry, dict):
+                continue
+            if bits and name.endswith((".scales", ".biases")):
+                continue
+            count = _product(entry.get("shape", []))
+            total += count * 32 // int(bits) if bits and entry.get("dtype") == "U32" else count
+    return total
 
 
 def _tokenizer_template(path: Path) -> str | None:
