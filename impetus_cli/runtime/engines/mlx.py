@@ -43,11 +43,17 @@ class MlxEngine:
         except ImportError as exc:
             from impetus_cli.errors import BackendUnavailable
 
-            raise BackendUnavailable("mlx-lm is not installed.", "pip install mlx-lm (and mlx[cpu] on Linux).") from exc
+            raise BackendUnavailable(
+                "mlx-lm is not installed.", "pip install mlx-lm (and mlx[cpu] on Linux)."
+            ) from exc
         try:
-            model, tokenizer = mlx_lm.load(str(info.path))
+            loaded: Any = mlx_lm.load(str(info.path))
+            model, tokenizer = loaded[0], loaded[1]
         except (ValueError, OSError, KeyError) as exc:
-            raise CorruptModel(f"mlx-lm could not load {info.path}: {exc}", "The directory may be incomplete: pull it again.") from exc
+            raise CorruptModel(
+                f"mlx-lm could not load {info.path}: {exc}",
+                "The directory may be incomplete: pull it again.",
+            ) from exc
         return cls(plan, info, model, tokenizer)
 
     @property
@@ -58,7 +64,8 @@ class MlxEngine:
     def memory_bytes(self) -> int:
         from mlx.utils import tree_flatten
 
-        weights = sum(v.nbytes for _, v in tree_flatten(self._model.parameters()))
+        flat: Any = tree_flatten(self._model.parameters())
+        weights = sum(v.nbytes for _, v in flat)
         return int(weights) + self.plan.kv_bytes
 
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
@@ -74,7 +81,10 @@ class MlxEngine:
 
         template = getattr(self._tokenizer, "chat_template", None) or self.info.chat_template
         return templates.render_chat(
-            messages, tools, template=template, architecture=self.info.architecture,
+            messages,
+            tools,
+            template=template,
+            architecture=self.info.architecture,
             bos_token=getattr(self._tokenizer, "bos_token", None) or "",
             eos_token=getattr(self._tokenizer, "eos_token", None) or "",
         )
@@ -109,8 +119,12 @@ class MlxEngine:
     def _processors(self, s: SamplingParams) -> tuple[Any, Any]:
         from mlx_lm.sample_utils import make_logits_processors, make_sampler
 
-        sampler = make_sampler(temp=max(s.temperature, 0.0), top_p=s.top_p if s.temperature > 0 else 0.0,
-                               min_p=s.min_p if s.temperature > 0 else 0.0, top_k=s.top_k if s.temperature > 0 else 0)
+        sampler = make_sampler(
+            temp=max(s.temperature, 0.0),
+            top_p=s.top_p if s.temperature > 0 else 0.0,
+            min_p=s.min_p if s.temperature > 0 else 0.0,
+            top_k=s.top_k if s.temperature > 0 else 0,
+        )
         processors = make_logits_processors(
             logit_bias=dict(s.logit_bias) if s.logit_bias else None,
             repetition_penalty=s.repeat_penalty if s.repeat_penalty != 1.0 else None,
@@ -119,7 +133,9 @@ class MlxEngine:
         )
         return sampler, processors
 
-    def _run(self, tokens: list[int], sampling: SamplingParams, cancel: threading.Event) -> Iterator[GenerationChunk]:
+    def _run(
+        self, tokens: list[int], sampling: SamplingParams, cancel: threading.Event
+    ) -> Iterator[GenerationChunk]:
         import mlx.core as mx
         from mlx_lm.generate import generate_step
 
@@ -139,8 +155,14 @@ class MlxEngine:
         stops = StopMatcher(sampling.stop)
         generated: list[int] = []
         finish, first_at = "length", 0.0
-        steps = generate_step(mx.array(tokens[cached:]), self._model, max_tokens=limit, sampler=sampler,
-                              logits_processors=processors, prompt_cache=self._cache)
+        steps = generate_step(
+            mx.array(tokens[cached:]),
+            self._model,
+            max_tokens=limit,
+            sampler=sampler,
+            logits_processors=processors,
+            prompt_cache=self._cache,
+        )
         try:
             for token_array, _ in steps:
                 token = int(token_array)
@@ -170,15 +192,21 @@ class MlxEngine:
         decode_s = end - (first_at or end)
         prompt_s = (first_at or end) - start
         yield GenerationChunk(
-            text=tail, finish_reason=finish,  # type: ignore[arg-type]
-            prompt_tokens=len(tokens), cached_tokens=cached, completion_tokens=len(generated),
+            text=tail,
+            finish_reason=finish,  # type: ignore[arg-type]
+            prompt_tokens=len(tokens),
+            cached_tokens=cached,
+            completion_tokens=len(generated),
             prompt_tps=(len(tokens) - cached) / prompt_s if prompt_s > 0 else 0.0,
-            generation_tps=len(generated) / decode_s if decode_s > 0 else 0.0, ttft_s=prompt_s,
+            generation_tps=len(generated) / decode_s if decode_s > 0 else 0.0,
+            ttft_s=prompt_s,
         )
 
     def _remember(self, sequence: list[int]) -> None:
         """What the cache now holds: as many tokens of the sequence as its offset says."""
-        offset = min((getattr(c, "offset", 0) for c in self._cache), default=0) if self._cache else 0
+        offset = (
+            min((getattr(c, "offset", 0) for c in self._cache), default=0) if self._cache else 0
+        )
         self._cached = sequence[: int(offset)]
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
@@ -187,7 +215,10 @@ class MlxEngine:
 
         body = getattr(self._model, "model", None)
         if body is None:
-            raise ImpetusError(f"{self.plan.model.name} does not expose hidden states for embeddings.", param="model")
+            raise ImpetusError(
+                f"{self.plan.model.name} does not expose hidden states for embeddings.",
+                param="model",
+            )
         vectors = []
         with self._lock:
             for text in texts:
@@ -195,7 +226,8 @@ class MlxEngine:
                 hidden = body(mx.array([ids]))
                 mean = mx.mean(hidden[0], axis=0)
                 norm = mx.sqrt(mx.sum(mean * mean)) + 1e-12
-                vectors.append([float(x) for x in (mean / norm).tolist()])
+                values: Any = (mean / norm).tolist()
+                vectors.append([float(x) for x in values])
         return vectors
 
     def close(self) -> None:
