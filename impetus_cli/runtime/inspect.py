@@ -202,6 +202,11 @@ def detect_format(path: Path) -> Format:
         with path.open("rb") as fh:
             if fh.read(4) == GGUF_MAGIC:
                 return "gguf"
+        if suffix == ".gguf":
+            raise CorruptModel(
+                f"{path.name} is not a valid GGUF file (it does not start with 'GGUF').",
+                "The download may be incomplete or damaged: pull it again.",
+            )
         raise UnsupportedFormat(f"{path.name} is not a GGUF file.", ADVICE)
     if path.is_dir():
         names = {p.name for p in path.iterdir()}
