@@ -38,7 +38,7 @@ KV_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_
 KV_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32, "q4_1": 20 / 32}
 POOLING = {"none": 0, "mean": 1, "cls": 2, "last": 3}
 _LOG_CALLBACK: Any = None  # keeps the ctypes callback alive for the life of the process
-_RECENT_ERRORS: collections.deque[str] = collections.deque(maxlen=6)  # for load error messages
+_RECENT_ERRORS: collections.deque[str] = collections.deque(maxlen=8)  # for load error messages
 
 
 def _lib() -> Any:
@@ -68,7 +68,7 @@ def _lib() -> Any:
 
 
 def _llama_said() -> str:
-    said = "; ".join(line for line in _RECENT_ERRORS if line)
+    said = "; ".join(line for line in _RECENT_ERRORS if any(c.isalpha() for c in line))
     _RECENT_ERRORS.clear()
     return f" llama.cpp said: {said}" if said else ""
 
@@ -81,6 +81,13 @@ class Slot:
     seq_id: int
     tokens: list[int] = field(default_factory=list)
     sampler: _Sampler | None = None
+
+
+def effective_kv_type(plan: LoadPlan, info: ModelInfo) -> str:
+    """The plan's KV cache type, or f16 when llama.cpp cannot use it for this model: quantized
+    blocks of 32 must divide the head size."""
+    kv_type = plan.kv_type if plan.kv_type in KV_TYPES else "f16"
+    return "f16" if kv_type.startswith("q") and info.head_dim % 32 else kv_type
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -210,7 +217,8 @@ class LlamaEngine:
                 f"llama.cpp could not load {info.path.name}.{_llama_said()}",
                 "The file may be damaged or from a newer llama.cpp: pull it again, or upgrade.",
             )
-        ctx = lib.llama_init_from_model(model, cls._context_params(lib, plan, embeddings=False))
+        params = cls._context_params(lib, plan, info, embeddings=False)
+        ctx = lib.llama_init_from_model(model, params)
         if not ctx:
             lib.llama_model_free(model)
             raise EngineError(
@@ -221,7 +229,7 @@ class LlamaEngine:
         return cls(plan, info, lib, model, ctx)
 
     @staticmethod
-    def _context_params(lib: Any, plan: LoadPlan, *, embeddings: bool) -> Any:
+    def _context_params(lib: Any, plan: LoadPlan, info: ModelInfo, *, embeddings: bool) -> Any:
         params = lib.llama_context_default_params()
         if embeddings:
             # A whole input must fit in one micro-batch for pooling.
@@ -235,9 +243,10 @@ class LlamaEngine:
         params.n_threads = plan.n_threads
         params.n_threads_batch = plan.n_threads_batch
         params.flash_attn_type = 1 if plan.flash_attn else 0
-        params.type_k = KV_TYPES.get(plan.kv_type, 1)
+        kv_type = KV_TYPES[effective_kv_type(plan, info)]
+        params.type_k = kv_type
         # A quantized V cache needs flash attention; without it V stays f16.
-        params.type_v = params.type_k if plan.flash_attn else 1
+        params.type_v = kv_type if plan.flash_attn else 1
         params.embeddings = embeddings
         # Keep the whole sliding-window cache so a shared prefix can be reused on Gemma 2/3.
         params.swa_full = True
@@ -254,7 +263,9 @@ class LlamaEngine:
     @property
     def memory_bytes(self) -> int:
         """Weights as llama.cpp holds them + the KV cache it allocated + planned buffers."""
-        per_token = self.info.kv_bytes_per_token(KV_BYTES.get(self.plan.kv_type, 2.0))
+        per_token = self.info.kv_bytes_per_token(
+            KV_BYTES.get(effective_kv_type(self.plan, self.info), 2.0)
+        )
         cells = int(self._lib.llama_n_ctx(self._ctx))
         if self._embed_ctx is not None:
             cells += int(self._lib.llama_n_ctx(self._embed_ctx))
@@ -472,7 +483,7 @@ class LlamaEngine:
         """Created on first use: the model's own pooling (embedding models), else mean."""
         if self._embed_ctx is None:
             lib = self._lib
-            params = self._context_params(lib, self.plan, embeddings=True)
+            params = self._context_params(lib, self.plan, self.info, embeddings=True)
             params.pooling_type = self._model_pooling()
             self._embed_ctx = lib.llama_init_from_model(self._model, params)
             if not self._embed_ctx:

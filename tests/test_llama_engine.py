@@ -1,0 +1,254 @@
+"""The GGUF engine on real llama.cpp: the tiny random-weight GGUF for mechanics, the real
+Gemma 3 270M for chat, grammars and embeddings. Counters come from the engine itself."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from impetus_cli.errors import ContextLengthExceeded, CorruptModel
+from impetus_cli.runtime.inspect import inspect_model
+from impetus_cli.runtime.types import ChatMessage, GenerationChunk, SamplingParams
+from tests.fixtures.tiny_models import make_plan, write_tiny_gguf
+
+pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+
+GREEDY = SamplingParams(max_tokens=16, temperature=0, ignore_eos=True)
+
+
+def chat_tokens(engine: Any, text: str) -> list[int]:
+    return list(engine.tokenize(engine.render([ChatMessage(role="user", content=text)])))
+
+
+def run(engine: Any, tokens: list[int], sampling: SamplingParams = GREEDY) -> list[GenerationChunk]:
+    return list(engine.generate(tokens, sampling))
+
+
+def text_of(chunks: list[GenerationChunk]) -> str:
+    return "".join(c.text for c in chunks)
+
+
+def load(path: Path, **plan: Any) -> Any:
+    from impetus_cli.runtime.engines.llama import LlamaEngine
+
+    info = inspect_model(path)
+    return LlamaEngine.load(make_plan(path, info, **plan), info)
+
+
+# -- streaming and finishing ----------------------------------------------------------------
+
+
+def test_stream_carries_every_token_once_then_final_counters(tiny_gguf_engine: Any) -> None:
+    chunks = run(tiny_gguf_engine, chat_tokens(tiny_gguf_engine, "hello"))
+    final = chunks[-1]
+    assert final.finish_reason == "length" and all(c.finish_reason is None for c in chunks[:-1])
+    ids = [t for c in chunks for t in c.token_ids]
+    assert len(ids) == final.completion_tokens == 16
+    assert final.prompt_tokens == len(chat_tokens(tiny_gguf_engine, "hello"))
+    assert final.ttft_s > 0 and final.prompt_tps > 0
+
+
+def test_running_out_of_context_ends_with_length(tiny_gguf_engine: Any) -> None:
+    n_ctx = tiny_gguf_engine.n_ctx
+    prompt = tiny_gguf_engine.tokenize("the " * n_ctx)[: n_ctx - 10]
+    no_limit = SamplingParams(max_tokens=None, temperature=0, ignore_eos=True)
+    final = run(tiny_gguf_engine, prompt, no_limit)[-1]
+    assert final.finish_reason == "length" and final.completion_tokens == 10
+
+
+def test_a_prompt_longer_than_the_context_is_refused(tiny_gguf_engine: Any) -> None:
+    with pytest.raises(ContextLengthExceeded):
+        run(tiny_gguf_engine, [1] * (tiny_gguf_engine.n_ctx + 1))
+
+
+def test_seeds_repeat_and_differ(tiny_gguf_engine: Any) -> None:
+    tokens = chat_tokens(tiny_gguf_engine, "seeded")
+
+    def sample(seed: int) -> str:
+        params = SamplingParams(max_tokens=24, temperature=1.5, top_k=0, min_p=0.0, seed=seed)
+        return text_of(run(tiny_gguf_engine, tokens, params))
+
+    assert sample(1) == sample(1) and sample(1) != sample(2)
+    assert text_of(run(tiny_gguf_engine, tokens)) == text_of(run(tiny_gguf_engine, tokens))
+
+
+def test_multibyte_characters_split_over_byte_tokens_decode_whole(tiny_gguf_engine: Any) -> None:
+    # The tiny vocabulary has no piece for these characters: they come out as byte tokens.
+    want = "café ünïcødé 日本"
+    grammar = f'root ::= "{want}"'
+    chunks = run(
+        tiny_gguf_engine,
+        chat_tokens(tiny_gguf_engine, "x"),
+        SamplingParams(max_tokens=40, temperature=0, grammar=grammar),
+    )
+    assert text_of(chunks) == want and chunks[-1].finish_reason == "stop"
+    assert all("\ufffd" not in c.text for c in chunks)
+    assert chunks[-1].completion_tokens > len(want.split())  # more tokens than pieces
+
+
+def _pieces(engine: Any, tokens: list[int]) -> list[str]:
+    return [
+        c.text for c in run(engine, tokens, SamplingParams(max_tokens=30, temperature=0)) if c.text
+    ]
+
+
+def test_a_stop_string_across_a_token_boundary_is_cut_before_it(tiny_gguf_engine: Any) -> None:
+    tokens = chat_tokens(tiny_gguf_engine, "stop here")
+    pieces = _pieces(tiny_gguf_engine, tokens)
+    full = "".join(pieces)
+    i = next(i for i in range(len(pieces) - 1) if len(pieces[i]) > 1 and len(pieces[i + 1]) > 1)
+    stop = pieces[i][-2:] + pieces[i + 1][:2]  # ends one token, starts the next
+    chunks = run(
+        tiny_gguf_engine, tokens, SamplingParams(max_tokens=30, temperature=0, stop=(stop,))
+    )
+    assert text_of(chunks) == full[: full.index(stop)] and chunks[-1].finish_reason == "stop"
+
+
+def test_a_stop_string_that_never_completes_loses_no_text(tiny_gguf_engine: Any) -> None:
+    tokens = chat_tokens(tiny_gguf_engine, "stop here")
+    pieces = _pieces(tiny_gguf_engine, tokens)
+    never = pieces[-1] + "\u2603never"  # its start is held back at the end, then released
+    chunks = run(
+        tiny_gguf_engine, tokens, SamplingParams(max_tokens=30, temperature=0, stop=(never,))
+    )
+    assert text_of(chunks) == "".join(pieces)
+
+
+def test_cancellation_stops_within_one_token(tiny_gguf_engine: Any) -> None:
+    cancel = threading.Event()
+    seen, final = 0, None
+    params = SamplingParams(max_tokens=500, temperature=0, ignore_eos=True)
+    for chunk in tiny_gguf_engine.generate(chat_tokens(tiny_gguf_engine, "go"), params, cancel):
+        seen += len(chunk.token_ids)
+        if seen >= 3:
+            cancel.set()
+        final = chunk
+    assert final is not None and final.finish_reason == "cancelled"
+    assert final.completion_tokens <= 4
+
+
+def test_two_threads_generating_at_once_both_finish(tiny_gguf_engine: Any) -> None:
+    results: list[str | None] = [None, None]
+
+    def work(i: int) -> None:
+        chunks = run(tiny_gguf_engine, chat_tokens(tiny_gguf_engine, f"thread {i}"))
+        results[i] = chunks[-1].finish_reason
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert results == ["length", "length"]
+
+
+# -- prefix reuse -----------------------------------------------------------------------------
+
+
+def test_an_extended_prompt_evaluates_only_its_new_tokens(tiny_gguf_engine: Any) -> None:
+    first = chat_tokens(tiny_gguf_engine, "tell me about the quick brown fox")
+    run(tiny_gguf_engine, first)
+    second = first + tiny_gguf_engine.tokenize(" and the dog", special=False)
+    final = run(tiny_gguf_engine, second)[-1]
+    assert final.cached_tokens == len(first) == tiny_gguf_engine.last_cached_tokens
+    assert tiny_gguf_engine.last_evaluated_tokens == len(second) - len(first)
+
+
+def test_the_same_prompt_again_evaluates_one_token(tiny_gguf_engine: Any) -> None:
+    tokens = chat_tokens(tiny_gguf_engine, "again and again")
+    run(tiny_gguf_engine, tokens)
+    final = run(tiny_gguf_engine, tokens)[-1]
+    assert final.cached_tokens == len(tokens) - 1 and tiny_gguf_engine.last_evaluated_tokens == 1
+
+
+def test_a_trimmed_cache_gives_the_same_text_as_a_cold_one(tiny_gguf: Path) -> None:
+    warm, cold = load(tiny_gguf), load(tiny_gguf)
+    try:
+        base = chat_tokens(warm, "a shared beginning of a prompt")
+        run(warm, base + warm.tokenize(" then one ending", special=False))
+        other = base + warm.tokenize(" with another ending", special=False)
+        warm_chunks = run(warm, other)
+        assert warm_chunks[-1].cached_tokens >= len(base)
+        assert text_of(warm_chunks) == text_of(run(cold, other))
+    finally:
+        warm.close()
+        cold.close()
+
+
+# -- loading, tokens, memory -------------------------------------------------------------------
+
+
+def test_bos_is_not_doubled_when_the_text_starts_with_it(tiny_gguf_engine: Any) -> None:
+    bos = tiny_gguf_engine.special_tokens["bos"]
+    assert tiny_gguf_engine.tokenize("hello")[0] == bos
+    assert tiny_gguf_engine.tokenize("<s>hello") == tiny_gguf_engine.tokenize("hello")
+
+
+def test_memory_covers_weights_and_kv_cache(tiny_gguf_engine: Any) -> None:
+    kv = tiny_gguf_engine.info.kv_bytes_per_token() * tiny_gguf_engine.n_ctx
+    assert tiny_gguf_engine.memory_bytes >= kv + tiny_gguf_engine.info.file_bytes // 2
+
+
+@pytest.mark.parametrize(("n_head", "n_kv"), [(2, 1), (4, 2)])
+def test_a_quantized_kv_cache_loads_and_generates(tmp_path: Path, n_head: int, n_kv: int) -> None:
+    # head size 32 takes q8_0 blocks; head size 16 cannot, and falls back to f16.
+    path = write_tiny_gguf(tmp_path / "kv.gguf", n_head=n_head, n_kv=n_kv)
+    engine = load(path, kv_type="q8_0", n_ctx=512)
+    try:
+        assert run(engine, chat_tokens(engine, "hi"))[-1].completion_tokens == 16
+    finally:
+        engine.close()
+
+
+def test_a_gguf_with_missing_tensor_data_fails_to_load_clearly(tmp_path: Path) -> None:
+    path = write_tiny_gguf(tmp_path / "cut.gguf")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])  # header intact, weights cut short
+    with pytest.raises(CorruptModel, match="could not load") as err:
+        load(path)
+    assert err.value.hint and "pull it again" in err.value.hint
+
+
+def test_embeddings_are_normalised_and_sized_like_the_hidden_state(
+    tiny_gguf_engine: Any,
+) -> None:
+    vectors = tiny_gguf_engine.embed(["hello world", "something else entirely"])
+    assert [len(v) for v in vectors] == [64, 64] and vectors[0] != vectors[1]
+    assert all(abs(sum(x * x for x in v) - 1) < 1e-4 for v in vectors)
+
+
+# -- Gemma 3 270M ---------------------------------------------------------------------------
+
+
+def test_gemma_chat_through_render_replies(gemma_engine: Any) -> None:
+    prompt = gemma_engine.render([ChatMessage(role="user", content="Say hello to me.")])
+    assert "<start_of_turn>model\n" in prompt
+    chunks = run(
+        gemma_engine, gemma_engine.tokenize(prompt), SamplingParams(max_tokens=24, temperature=0)
+    )
+    reply = text_of(chunks)
+    assert reply.strip() and "<end_of_turn>" not in reply
+
+
+def test_gemma_output_under_a_grammar_parses_as_json(gemma_engine: Any) -> None:
+    grammar = r"""
+root ::= "{" ws "\"name\"" ws ":" ws name ws "," ws "\"legs\"" ws ":" ws legs ws "}"
+name ::= "\"" [a-zA-Z ]{1,24} "\""
+legs ::= [0-9]{1,2}
+ws   ::= [ \n]{0,4}
+"""
+    tokens = chat_tokens(gemma_engine, "Describe a cat as JSON with its name and number of legs.")
+    chunks = run(
+        gemma_engine, tokens, SamplingParams(max_tokens=60, temperature=0, grammar=grammar)
+    )
+    data = json.loads(text_of(chunks))
+    assert set(data) == {"name", "legs"} and chunks[-1].finish_reason == "stop"
+
+
+def test_gemma_embeddings_have_its_hidden_size(gemma_engine: Any) -> None:
+    (vector,) = gemma_engine.embed(["a sentence to embed"])
+    assert len(vector) == 640 and abs(sum(x * x for x in vector) - 1) < 1e-4
