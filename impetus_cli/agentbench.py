@@ -114,7 +114,7 @@ def agent_prompt(chars: int) -> str:
 
 def chars_per_token(client: ImpetusClient, model: str) -> float:
     """Calibrate the filler against the server's own tokenizer (prompt_tokens of a probe)."""
-    sample = agent_prompt(4000)
+    sample = agent_prompt(1000)
     stats = stream_once(
         client, model, [{"role": "system", "content": sample}, {"role": "user", "content": "ok"}], 1
     )

@@ -1,0 +1,133 @@
+"""`impetus bench`: the protocol's structure on a real engine (never thresholds on speed), the
+expectation model and flags as pure functions, history, and `--server` against a real server."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from typer.testing import CliRunner
+
+from impetus_cli.agentbench import run_agent_bench, summary_rows
+from impetus_cli.cli import app
+from impetus_cli.client import ImpetusClient
+from impetus_cli.commands.bench import _expectations
+from impetus_cli.runtime.bench import BenchRun, run_tests
+from impetus_cli.runtime.hardware import parse_macos
+from impetus_cli.runtime.types import ModelInfo
+
+DATA = Path(__file__).parent / "data" / "macos"
+
+
+def test_protocol_runs_warmup_then_reps_for_pp_and_tg(tiny_gguf_engine: Any) -> None:
+    steps: list[tuple[str, int, int]] = []
+    results = run_tests(
+        tiny_gguf_engine, n_prompt=64, n_gen=16, reps=3, progress=lambda *a: steps.append(a)
+    )
+    assert [r.test for r in results] == ["pp64", "tg16"]
+    assert all(len(r.samples) == 3 and all(s > 0 for s in r.samples) for r in results)
+    assert steps == [("pp64", i, 3) for i in range(3)] + [("tg16", i, 3) for i in range(3)]
+    depth = run_tests(tiny_gguf_engine, n_prompt=32, n_gen=8, reps=2, depth=128)
+    assert [r.test for r in depth] == ["pp32 @ d128", "tg8 @ d128"] and depth[0].depth == 128
+
+
+def test_generation_counts_exactly_n_tokens_past_eos(tiny_gguf_engine: Any) -> None:
+    from impetus_cli.runtime.types import SamplingParams
+
+    final = list(
+        tiny_gguf_engine.generate(
+            [1, 5, 9], SamplingParams(max_tokens=40, temperature=0, ignore_eos=True)
+        )
+    )[-1]
+    assert final.completion_tokens == 40
+
+
+def info(weights: int = 4_000_000_000) -> ModelInfo:
+    return ModelInfo(
+        path=Path("m.gguf"),
+        format="gguf",
+        architecture="llama",
+        n_layers=32,
+        n_heads=32,
+        n_kv_heads=8,
+        head_dim=128,
+        embedding_length=4096,
+        context_length=8192,
+        file_bytes=weights,
+        n_params=6_740_000_000,
+    )
+
+
+def mac(key: str) -> Any:
+    return parse_macos(
+        (DATA / f"{key}.sysctl.txt").read_text(), (DATA / f"{key}.system_profiler.json").read_text()
+    )
+
+
+def result(test: str, tps: float) -> Any:
+    from impetus_cli.runtime.bench import BenchResult
+
+    return BenchResult(
+        test,
+        512 if test.startswith("pp") else 0,
+        128 if test.startswith("tg") else 0,
+        0,
+        (tps, tps),
+    )
+
+
+def test_results_under_80_percent_of_the_chips_expectation_are_flagged() -> None:
+    hw = mac("m1-max")
+    expected, flags = _expectations(hw, info(), 0, (result("pp512", 500.0), result("tg128", 20.0)))
+    assert expected["tg128"] > 40 and expected["pp512"] > 300
+    assert len(flags) == 1 and flags[0].startswith("tg128") and "Metal" in flags[0]
+
+
+def test_rosetta_is_named_as_the_likely_cause() -> None:
+    hw = replace(mac("m1-rosetta"))
+    _, flags = _expectations(hw, info(), 0, (result("tg128", 1.0),))
+    assert "Rosetta" in flags[0]
+
+
+def test_bench_cli_saves_runs_and_shows_history(tiny_gguf: Path, impetus_home: Path) -> None:
+    runner = CliRunner()
+    out = runner.invoke(app, ["bench", str(tiny_gguf), "-p", "32", "-n", "8", "-r", "2", "--json"])
+    assert out.exit_code == 0, out.output
+    run = json.loads(out.stdout)[0]
+    for key in (
+        "backend",
+        "hardware",
+        "threads",
+        "gpu_layers",
+        "n_batch",
+        "n_ubatch",
+        "flash_attn",
+        "quantization",
+        "n_params",
+        "model_bytes",
+        "impetus_version",
+    ):
+        assert key in run
+    assert [r["test"] for r in run["results"]] == ["pp32", "tg8"]
+    saved = list((impetus_home / "bench").glob("*.json"))
+    assert (
+        len(saved) == 1
+        and BenchRun.from_dict(json.loads(saved[0].read_text())).model == run["model"]
+    )
+    history = runner.invoke(app, ["bench", "--history"])
+    assert history.exit_code == 0 and "tg t/s" in history.output
+    csv = runner.invoke(app, ["bench", str(tiny_gguf), "-p", "16", "-n", "4", "-r", "1", "--csv"])
+    assert csv.stdout.splitlines()[0].startswith("model,backend,test,mean_tps")
+
+
+def test_agent_benchmark_against_a_real_server(tiny_server: str) -> None:
+    bench = run_agent_bench(
+        ImpetusClient(tiny_server), "tiny", depths=(256, 512), n_gen=16, parallel=2
+    )
+    assert set(bench.first_turn) == {256, 512}
+    assert bench.follow_up[512].prompt_tokens > bench.first_turn[512].prompt_tokens
+    assert bench.decode is not None and bench.decode.completion_tokens > 0
+    assert len(bench.parallel) == 2 and bench.parallel_aggregate_tps > 0
+    assert any("follow-up" in name for name, _ in summary_rows(bench))
