@@ -13,10 +13,8 @@ reuse), and a scheduler can later step several slots in one ``llama_decode`` (co
 from __future__ import annotations
 
 import codecs
-import collections
 import ctypes
 import math
-import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -24,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from impetus_cli.errors import ContextLengthExceeded, CorruptModel, EngineError, ImpetusError
+from impetus_cli.runtime.engines.llama_native import RECENT_ERRORS, Sampler, llama_said, load_lib
 from impetus_cli.runtime.types import (
     ChatMessage,
     GenerationChunk,
@@ -37,40 +36,6 @@ from impetus_cli.runtime.types import (
 KV_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "bf16": 30}
 KV_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32, "q4_1": 20 / 32}
 POOLING = {"none": 0, "mean": 1, "cls": 2, "last": 3}
-_LOG_CALLBACK: Any = None  # keeps the ctypes callback alive for the life of the process
-_RECENT_ERRORS: collections.deque[str] = collections.deque(maxlen=8)  # for load error messages
-
-
-def _lib() -> Any:
-    """The bindings, imported on first use (DESIGN.md rule 2) with llama.cpp's logging quiet."""
-    global _LOG_CALLBACK
-    try:
-        import llama_cpp.llama_cpp as lib
-    except ImportError as exc:
-        from impetus_cli.errors import BackendUnavailable
-
-        raise BackendUnavailable(
-            "llama-cpp-python is not installed.", "Run `make setup` (it compiles llama.cpp)."
-        ) from exc
-    if _LOG_CALLBACK is None:
-        verbose = os.environ.get("IMPETUS_DEBUG") == "1"
-
-        def log(level: int, text: bytes, _user: Any) -> None:
-            if verbose:
-                os.write(2, text)
-            if level >= 3 and text:  # GGML_LOG_LEVEL_WARN and ERROR: kept to explain failures
-                _RECENT_ERRORS.append(text.decode("utf-8", "replace").strip())
-
-        _LOG_CALLBACK = lib.llama_log_callback(log)
-        lib.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
-        lib.llama_backend_init()
-    return lib
-
-
-def _llama_said() -> str:
-    said = "; ".join(line for line in _RECENT_ERRORS if any(c.isalpha() for c in line))
-    _RECENT_ERRORS.clear()
-    return f" llama.cpp said: {said}" if said else ""
 
 
 @dataclass
@@ -80,7 +45,7 @@ class Slot:
 
     seq_id: int
     tokens: list[int] = field(default_factory=list)
-    sampler: _Sampler | None = None
+    sampler: Sampler | None = None
 
 
 def effective_kv_type(plan: LoadPlan, info: ModelInfo) -> str:
@@ -96,91 +61,6 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
         if a[i] != b[i]:
             return i
     return n
-
-
-class _Sampler:
-    """One request's C sampler chain. A grammar is kept out of the chain and checked only on
-    the token the chain picked (llama.cpp's own server does the same): applying it to a 262k
-    vocabulary first costs ~0.1 s per token; the full pass runs only when the pick is rejected."""
-
-    def __init__(
-        self, lib: Any, vocab: Any, n_vocab: int, s: SamplingParams, prompt: Sequence[int]
-    ):
-        self.lib, self.n_vocab = lib, n_vocab
-        self.chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
-        self.grammar: Any = None
-        if s.grammar:
-            self.grammar = lib.llama_sampler_init_grammar(vocab, s.grammar.encode(), b"root")
-            if not self.grammar:
-                self.free()
-                raise ImpetusError(
-                    "The response format could not be compiled to a grammar." + _llama_said(),
-                    param="response_format",
-                )
-        add = lambda smpl: lib.llama_sampler_chain_add(self.chain, smpl)  # noqa: E731
-        if s.logit_bias:
-            items = (lib.llama_logit_bias * len(s.logit_bias))()
-            for i, (tok, bias) in enumerate(s.logit_bias.items()):
-                items[i].token, items[i].bias = int(tok), float(bias)
-            add(lib.llama_sampler_init_logit_bias(n_vocab, len(s.logit_bias), items))
-        if s.repeat_penalty != 1.0 or s.frequency_penalty or s.presence_penalty:
-            pen = lib.llama_sampler_init_penalties(
-                n_vocab, 64, s.repeat_penalty, s.frequency_penalty, s.presence_penalty
-            )
-            for token in prompt[-64:]:  # the penalty window sees the end of the prompt
-                lib.llama_sampler_accept(pen, token)
-            add(pen)
-        if s.temperature <= 0:
-            add(lib.llama_sampler_init_greedy())
-        else:
-            add(lib.llama_sampler_init_top_k(s.top_k))
-            add(lib.llama_sampler_init_top_p(s.top_p, 1))
-            add(lib.llama_sampler_init_min_p(s.min_p, 1))
-            add(lib.llama_sampler_init_temp(s.temperature))
-            seed = s.seed if s.seed is not None else int.from_bytes(os.urandom(4), "little")
-            add(lib.llama_sampler_init_dist(seed & 0xFFFFFFFF))
-        self._one = (lib.llama_token_data * 1)()
-        self._one_arr = lib.llama_token_data_array(self._one, 1, -1, False)
-
-    def sample(self, ctx: Any) -> int:
-        token = int(self.lib.llama_sampler_sample(self.chain, ctx, -1))
-        if self.grammar is not None:
-            if not self._grammar_allows(token):
-                token = self._resample_with_grammar(ctx)
-            self.lib.llama_sampler_accept(self.grammar, token)
-        return token
-
-    def _grammar_allows(self, token: int) -> bool:
-        self._one[0].id, self._one[0].logit, self._one[0].p = token, 1.0, 0.0
-        self._one_arr.selected = -1
-        self.lib.llama_sampler_apply(self.grammar, ctypes.byref(self._one_arr))
-        return not math.isinf(self._one[0].logit)
-
-    def _resample_with_grammar(self, ctx: Any) -> int:
-        """The full pass: every candidate through the grammar, then the chain's choice."""
-        import numpy as np
-
-        lib = self.lib
-        dtype = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
-        cands = np.empty(self.n_vocab, dtype=dtype)
-        cands["id"] = np.arange(self.n_vocab, dtype=np.int32)
-        cands["logit"] = np.ctypeslib.as_array(
-            lib.llama_get_logits_ith(ctx, -1), shape=(self.n_vocab,)
-        )
-        cands["p"] = 0.0
-        data = cands.ctypes.data_as(lib.llama_token_data_p)
-        arr = lib.llama_token_data_array(data, self.n_vocab, -1, False)
-        lib.llama_sampler_apply(self.grammar, ctypes.byref(arr))
-        lib.llama_sampler_apply(self.chain, ctypes.byref(arr))
-        if arr.selected < 0:
-            raise EngineError("The grammar allows no token here.", param="response_format")
-        return int(arr.data[arr.selected].id)
-
-    def free(self) -> None:
-        if self.grammar is not None:
-            self.lib.llama_sampler_free(self.grammar)
-        self.lib.llama_sampler_free(self.chain)
-        self.grammar = self.chain = None
 
 
 class LlamaEngine:
@@ -205,16 +85,16 @@ class LlamaEngine:
 
     @classmethod
     def load(cls, plan: LoadPlan, info: ModelInfo) -> LlamaEngine:
-        lib = _lib()
+        lib = load_lib()
         if not info.path.is_file():
             raise CorruptModel(f"{info.path} does not exist.", "Pull the model again.")
         mparams = lib.llama_model_default_params()
         mparams.n_gpu_layers = plan.n_gpu_layers
-        _RECENT_ERRORS.clear()
+        RECENT_ERRORS.clear()
         model = lib.llama_model_load_from_file(str(info.path).encode(), mparams)
         if not model:
             raise CorruptModel(
-                f"llama.cpp could not load {info.path.name}.{_llama_said()}",
+                f"llama.cpp could not load {info.path.name}.{llama_said()}",
                 "The file may be damaged or from a newer llama.cpp: pull it again, or upgrade.",
             )
         params = cls._context_params(lib, plan, info, embeddings=False)
@@ -223,7 +103,7 @@ class LlamaEngine:
             lib.llama_model_free(model)
             raise EngineError(
                 f"llama.cpp could not create a {plan.n_ctx}-token context for "
-                f"{info.path.name}.{_llama_said()}",
+                f"{info.path.name}.{llama_said()}",
                 "Try a smaller --ctx or --memory-budget.",
             )
         return cls(plan, info, lib, model, ctx)
@@ -359,7 +239,7 @@ class LlamaEngine:
         prompt_done = time.perf_counter()
         evaluated = len(tokens) - cached
         self.last_cached_tokens, self.last_evaluated_tokens = cached, evaluated
-        slot.sampler = _Sampler(self._lib, self._vocab, self._n_vocab, sampling, tokens)
+        slot.sampler = Sampler(self._lib, self._vocab, self._n_vocab, sampling, tokens)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         stops = StopMatcher(sampling.stop)
         room = self.n_ctx - len(tokens)
@@ -447,7 +327,7 @@ class LlamaEngine:
         code = self._lib.llama_decode(self._ctx, self._batch)
         if code != 0:
             raise EngineError(
-                f"llama_decode failed with code {code}.{_llama_said()}",
+                f"llama_decode failed with code {code}.{llama_said()}",
                 "The context may be full: start a new conversation or load a larger --ctx.",
             )
 
@@ -470,7 +350,7 @@ class LlamaEngine:
                         batch.token[i], batch.pos[i], batch.n_seq_id[i] = tok, i, 1
                         batch.seq_id[i][0], batch.logits[i] = 0, 1
                     if lib.llama_decode(ctx, batch) != 0:
-                        raise EngineError(f"llama_decode failed while embedding.{_llama_said()}")
+                        raise EngineError(f"llama_decode failed while embedding.{llama_said()}")
                     raw = lib.llama_get_embeddings_seq(ctx, 0)
                     vec = raw[:n_embd]
                     norm = math.sqrt(sum(x * x for x in vec)) or 1.0
@@ -487,9 +367,7 @@ class LlamaEngine:
             params.pooling_type = self._model_pooling()
             self._embed_ctx = lib.llama_init_from_model(self._model, params)
             if not self._embed_ctx:
-                raise EngineError(
-                    f"llama.cpp could not create an embedding context.{_llama_said()}"
-                )
+                raise EngineError(f"llama.cpp could not create an embedding context.{llama_said()}")
         return self._embed_ctx
 
     def _model_pooling(self) -> int:

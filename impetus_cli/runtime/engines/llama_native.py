@@ -1,0 +1,135 @@
+"""What sits right on llama-cpp-python's ctypes bindings: importing them with llama.cpp's log
+quiet (its last warnings kept to explain failures), and one request's C sampler chain."""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from impetus_cli.errors import EngineError, ImpetusError
+from impetus_cli.runtime.types import SamplingParams
+
+_LOG_CALLBACK: Any = None  # keeps the ctypes callback alive for the life of the process
+RECENT_ERRORS: collections.deque[str] = collections.deque(maxlen=8)  # for load error messages
+
+
+def load_lib() -> Any:
+    """The bindings, imported on first use (DESIGN.md rule 2) with llama.cpp's logging quiet."""
+    global _LOG_CALLBACK
+    try:
+        import llama_cpp.llama_cpp as lib
+    except ImportError as exc:
+        from impetus_cli.errors import BackendUnavailable
+
+        raise BackendUnavailable(
+            "llama-cpp-python is not installed.", "Run `make setup` (it compiles llama.cpp)."
+        ) from exc
+    if _LOG_CALLBACK is None:
+        verbose = os.environ.get("IMPETUS_DEBUG") == "1"
+
+        def log(level: int, text: bytes, _user: Any) -> None:
+            if verbose:
+                os.write(2, text)
+            if level >= 3 and text:  # GGML_LOG_LEVEL_WARN and ERROR: kept to explain failures
+                RECENT_ERRORS.append(text.decode("utf-8", "replace").strip())
+
+        _LOG_CALLBACK = lib.llama_log_callback(log)
+        lib.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
+        lib.llama_backend_init()
+    return lib
+
+
+def llama_said() -> str:
+    """llama.cpp's recent warnings and errors, for the message of the error we raise."""
+    said = "; ".join(line for line in RECENT_ERRORS if any(c.isalpha() for c in line))
+    RECENT_ERRORS.clear()
+    return f" llama.cpp said: {said}" if said else ""
+
+
+class Sampler:
+    """One request's C sampler chain. A grammar is kept out of the chain and checked only on
+    the token the chain picked (llama.cpp's own server does the same): applying it to a 262k
+    vocabulary first costs ~0.1 s per token; the full pass runs only when the pick is rejected."""
+
+    def __init__(
+        self, lib: Any, vocab: Any, n_vocab: int, s: SamplingParams, prompt: Sequence[int]
+    ):
+        self.lib, self.n_vocab = lib, n_vocab
+        self.chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+        self.grammar: Any = None
+        if s.grammar:
+            self.grammar = lib.llama_sampler_init_grammar(vocab, s.grammar.encode(), b"root")
+            if not self.grammar:
+                self.free()
+                raise ImpetusError(
+                    "The response format could not be compiled to a grammar." + llama_said(),
+                    param="response_format",
+                )
+        add = lambda smpl: lib.llama_sampler_chain_add(self.chain, smpl)  # noqa: E731
+        if s.logit_bias:
+            items = (lib.llama_logit_bias * len(s.logit_bias))()
+            for i, (tok, bias) in enumerate(s.logit_bias.items()):
+                items[i].token, items[i].bias = int(tok), float(bias)
+            add(lib.llama_sampler_init_logit_bias(n_vocab, len(s.logit_bias), items))
+        if s.repeat_penalty != 1.0 or s.frequency_penalty or s.presence_penalty:
+            pen = lib.llama_sampler_init_penalties(
+                n_vocab, 64, s.repeat_penalty, s.frequency_penalty, s.presence_penalty
+            )
+            for token in prompt[-64:]:  # the penalty window sees the end of the prompt
+                lib.llama_sampler_accept(pen, token)
+            add(pen)
+        if s.temperature <= 0:
+            add(lib.llama_sampler_init_greedy())
+        else:
+            add(lib.llama_sampler_init_top_k(s.top_k))
+            add(lib.llama_sampler_init_top_p(s.top_p, 1))
+            add(lib.llama_sampler_init_min_p(s.min_p, 1))
+            add(lib.llama_sampler_init_temp(s.temperature))
+            seed = s.seed if s.seed is not None else int.from_bytes(os.urandom(4), "little")
+            add(lib.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        self._one = (lib.llama_token_data * 1)()
+        self._one_arr = lib.llama_token_data_array(self._one, 1, -1, False)
+
+    def sample(self, ctx: Any) -> int:
+        token = int(self.lib.llama_sampler_sample(self.chain, ctx, -1))
+        if self.grammar is not None:
+            if not self._grammar_allows(token):
+                token = self._resample_with_grammar(ctx)
+            self.lib.llama_sampler_accept(self.grammar, token)
+        return token
+
+    def _grammar_allows(self, token: int) -> bool:
+        self._one[0].id, self._one[0].logit, self._one[0].p = token, 1.0, 0.0
+        self._one_arr.selected = -1
+        self.lib.llama_sampler_apply(self.grammar, ctypes.byref(self._one_arr))
+        return not math.isinf(self._one[0].logit)
+
+    def _resample_with_grammar(self, ctx: Any) -> int:
+        """The full pass: every candidate through the grammar, then the chain's choice."""
+        import numpy as np
+
+        lib = self.lib
+        dtype = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
+        cands = np.empty(self.n_vocab, dtype=dtype)
+        cands["id"] = np.arange(self.n_vocab, dtype=np.int32)
+        cands["logit"] = np.ctypeslib.as_array(
+            lib.llama_get_logits_ith(ctx, -1), shape=(self.n_vocab,)
+        )
+        cands["p"] = 0.0
+        data = cands.ctypes.data_as(lib.llama_token_data_p)
+        arr = lib.llama_token_data_array(data, self.n_vocab, -1, False)
+        lib.llama_sampler_apply(self.grammar, ctypes.byref(arr))
+        lib.llama_sampler_apply(self.chain, ctypes.byref(arr))
+        if arr.selected < 0:
+            raise EngineError("The grammar allows no token here.", param="response_format")
+        return int(arr.data[arr.selected].id)
+
+    def free(self) -> None:
+        if self.grammar is not None:
+            self.lib.llama_sampler_free(self.grammar)
+        self.lib.llama_sampler_free(self.chain)
+        self.grammar = self.chain = None
