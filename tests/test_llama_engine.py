@@ -52,6 +52,26 @@ def test_stream_carries_every_token_once_then_final_counters(tiny_gguf_engine: A
     assert final.ttft_s > 0 and final.prompt_tps > 0
 
 
+def test_an_end_of_generation_token_finishes_with_stop(tiny_gguf_engine: Any) -> None:
+    eos = tiny_gguf_engine.special_tokens["eos"]
+    params = SamplingParams(max_tokens=16, temperature=0, logit_bias={eos: 100.0})
+    chunks = run(tiny_gguf_engine, chat_tokens(tiny_gguf_engine, "bye"), params)
+    assert chunks[-1].finish_reason == "stop" and chunks[-1].completion_tokens == 0
+    assert text_of(chunks) == ""
+
+
+def test_logit_bias_and_penalties_steer_the_c_sampler(tiny_gguf_engine: Any) -> None:
+    the = tiny_gguf_engine.tokenize("the", special=False)[-1]
+    tokens = chat_tokens(tiny_gguf_engine, "bias")
+    biased = SamplingParams(max_tokens=6, temperature=0, logit_bias={the: 50.0})
+    assert text_of(run(tiny_gguf_engine, tokens, biased)) == " the" * 6
+    # A repeat penalty large enough to outweigh the bias stops the repetition.
+    penalised = SamplingParams(
+        max_tokens=6, temperature=0, logit_bias={the: 5.0}, repeat_penalty=1e6
+    )
+    assert text_of(run(tiny_gguf_engine, tokens, penalised)).count(" the") <= 1
+
+
 def test_running_out_of_context_ends_with_length(tiny_gguf_engine: Any) -> None:
     n_ctx = tiny_gguf_engine.n_ctx
     prompt = tiny_gguf_engine.tokenize("the " * n_ctx)[: n_ctx - 10]
@@ -177,6 +197,19 @@ def test_a_trimmed_cache_gives_the_same_text_as_a_cold_one(tiny_gguf: Path) -> N
     finally:
         warm.close()
         cold.close()
+
+
+def test_two_conversations_on_two_slots_keep_their_own_prefixes(tiny_gguf: Path) -> None:
+    engine = load(tiny_gguf, n_ctx=512, n_parallel=2)
+    try:
+        a = chat_tokens(engine, "conversation about apples and pears")
+        b = engine.tokenize("a completely different document", special=False)
+        run(engine, a)
+        run(engine, b)
+        final = run(engine, a + engine.tokenize(" more", special=False))[-1]
+        assert final.cached_tokens == len(a) and engine.n_ctx == 512
+    finally:
+        engine.close()
 
 
 # -- loading, tokens, memory -------------------------------------------------------------------

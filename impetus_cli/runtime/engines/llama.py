@@ -46,6 +46,7 @@ class Slot:
     seq_id: int
     tokens: list[int] = field(default_factory=list)
     sampler: Sampler | None = None
+    last_used: float = 0.0
 
 
 def effective_kv_type(plan: LoadPlan, info: ModelInfo) -> str:
@@ -225,7 +226,9 @@ class LlamaEngine:
         if len(tokens) > self.n_ctx:
             raise ContextLengthExceeded(self.n_ctx, len(tokens))
         with self._lock:
-            slot = max(self._slots, key=lambda s: common_prefix(s.tokens, tokens))
+            # The slot sharing the longest prefix; among equals the least recently used.
+            slot = max(self._slots, key=lambda s: (common_prefix(s.tokens, tokens), -s.last_used))
+            slot.last_used = time.monotonic()
             yield from self._run(slot, list(tokens), sampling, cancel or threading.Event())
 
     def _run(
