@@ -1,0 +1,231 @@
+"""`impetus serve` against llama.cpp's `llama-server` and `python -m llama_cpp.server`.
+
+The same model (Gemma 3 270M Q4_K_M), threads and context for all three, each started in turn
+as a subprocess and measured with the official `openai` client in streaming mode, the way a
+coding agent talks to it. The order of the servers rotates every repetition so that drift in
+machine load hits all of them. Per server and repetition:
+
+- decode: tokens/s of a 128-token streamed reply to a short prompt (first token to last);
+- first turn: time to first token of a ~2.6k-token agent-like prompt (a system prompt of
+  coding-assistant instructions plus a request), cold (a unique first line: nothing cached);
+- follow-up: time to first token of the same conversation plus the reply and one short turn;
+- four streams: four concurrent 128-token streams, aggregate tokens/s and the worst TTFT;
+- RSS of the loaded server; for impetus also an idle start with no model: RSS and the time from
+  process start to the first 200 from /health.
+
+    .venv/bin/python benchmarks/build_llama_cpp.py       # once: builds llama-server
+    .venv/bin/python benchmarks/serve_vs_peers.py [--reps 3] [--out results.json]
+    .venv/bin/python benchmarks/serve_vs_peers.py --quick  # smoke run, ~2 minutes
+
+`python -m llama_cpp.server` needs llama-cpp-python's server extras; without them that server
+is skipped (and said so): pip install uvicorn fastapi sse-starlette starlette-context
+pydantic-settings   (or: pip install 'llama-cpp-python[server]', which may rebuild it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import peers  # server processes, prompts, measurements
+
+ORDER = ("impetus", "llama-server", "llama-cpp-python")
+TARGETS = {  # measure -> (impetus / llama-server target, higher is better?)
+    "decode_tps": (">= 0.95x", True),
+    "first_ttft_s": ("<= 1.1x", False),
+    "follow_ttft_s": ("<= 1.2x", False),
+    "parallel_tps": (">= 0.9x", True),
+    "parallel_worst_ttft_s": ("-", False),
+    "rss_mb": ("-", False),
+}
+LABELS = {
+    "decode_tps": "decode (tok/s)",
+    "first_ttft_s": "first-turn TTFT, {first_tokens} tokens (s)",
+    "follow_ttft_s": "follow-up TTFT, +{follow_new} tokens (s)",
+    "parallel_tps": "4 streams, aggregate (tok/s)",
+    "parallel_worst_ttft_s": "4 streams, worst TTFT (s)",
+    "rss_mb": "RSS with the model loaded (MB)",
+}
+
+
+def main() -> None:
+    args = parse_args()
+    model = peers.gemma_path()
+    servers = [s for s in ORDER if s not in args.skip]
+    if "llama-cpp-python" in servers and not server_extras_installed():
+        print(
+            "skipping python -m llama_cpp.server: its extras are not installed "
+            "(pip install uvicorn fastapi sse-starlette starlette-context pydantic-settings)",
+            flush=True,
+        )
+        servers.remove("llama-cpp-python")
+    binary = None
+    if "llama-server" in servers:
+        from benchmarks.build_llama_cpp import build
+
+        binary = build()["llama-server"]
+    logs = Path(tempfile.mkdtemp(prefix="impetus-serve-bench-"))
+    started = time.time()
+    load_before = os.getloadavg()
+    samples: dict[str, list[dict[str, float]]] = {s: [] for s in servers}
+    idle: list[dict[str, float]] = []
+    busy: list[str] = []
+    for rep in range(args.reps):
+        order = servers[rep % len(servers) :] + servers[: rep % len(servers)]
+        if "impetus" in servers:
+            busy += peers.wait_for_quiet(args.max_wait)
+            print(f"rep {rep + 1}: impetus idle start", flush=True)
+            idle.append(peers.measure_idle(args, logs / f"idle-{rep}.log"))
+        for name in order:
+            busy += peers.wait_for_quiet(args.max_wait)
+            print(f"rep {rep + 1}: {name}", flush=True)
+            argv = peers.command(name, args, model, binary)
+            result = peers.measure_server(name, argv, args, rep, logs / f"{name}-{rep}.log")
+            samples[name].append(result)
+            print("   " + ", ".join(f"{k} {v:.3g}" for k, v in result.items()), flush=True)
+    report = summarize(samples, idle, args, model, servers, binary)
+    report["elapsed_s"] = round(time.time() - started, 1)
+    report["loadavg_before_after"] = [load_before, os.getloadavg()]
+    report["logs"] = str(logs)
+    report["busy_during_run"] = busy
+    print(markdown(report))
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=2))
+        print(f"\nresults: {args.out}")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=3, help="repetitions (servers alternate)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--ctx", type=int, default=8192, help="context for every server")
+    parser.add_argument("--first-tokens", type=int, default=2600, help="size of the first turn")
+    parser.add_argument("--decode-tokens", type=int, default=128)
+    parser.add_argument("--streams", type=int, default=4, help="parallel streams")
+    parser.add_argument("--parallel", type=int, help="impetus serve --parallel (default: its own)")
+    parser.add_argument("--skip", action="append", default=[], choices=ORDER)
+    parser.add_argument(
+        "--max-wait",
+        type=float,
+        default=300.0,
+        help="seconds to wait for other busy processes before each server (then warn)",
+    )
+    parser.add_argument("--quick", action="store_true", help="1 rep, small prompts: a smoke run")
+    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    args = parser.parse_args()
+    if args.quick:
+        args.reps, args.first_tokens, args.decode_tokens, args.max_wait = 1, 600, 32, 0.0
+    return args
+
+
+def server_extras_installed() -> bool:
+    return all(
+        importlib.util.find_spec(m) is not None
+        for m in ("uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
+    )
+
+
+def stats(values: list[float]) -> dict[str, float]:
+    return {
+        "mean": statistics.fmean(values),
+        "stddev": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "n": len(values),
+    }
+
+
+def summarize(
+    samples: dict[str, list[dict[str, float]]],
+    idle: list[dict[str, float]],
+    args: argparse.Namespace,
+    model: Path,
+    servers: list[str],
+    binary: Path | None,
+) -> dict[str, Any]:
+    table = {
+        name: {key: stats([s[key] for s in runs if key in s]) for key in runs[0]}
+        for name, runs in samples.items()
+        if runs
+    }
+    return {
+        "machine": peers.machine(),
+        "model": str(model),
+        "settings": {
+            "threads": args.threads,
+            "ctx": args.ctx,
+            "reps": args.reps,
+            "first_tokens_target": args.first_tokens,
+            "decode_tokens": args.decode_tokens,
+            "streams": args.streams,
+        },
+        "commands": {s: peers.command(s, args, model, binary, port=0) for s in servers},
+        "results": table,
+        "idle": {k: stats([i[k] for i in idle]) for k in idle[0]} if idle else {},
+        "samples": samples,
+        "python": platform.python_version(),
+    }
+
+
+def cell(entry: dict[str, float] | None, digits: int) -> str:
+    if not entry:
+        return "not measured"
+    sd = f" ± {entry['stddev']:.{digits}f}" if entry["n"] > 1 else ""
+    return f"{entry['mean']:.{digits}f}{sd}"
+
+
+def ratio(a: dict[str, float] | None, b: dict[str, float] | None) -> str:
+    if not a or not b or not b["mean"]:
+        return "-"
+    return f"{a['mean'] / b['mean']:.2f}x"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    res = report["results"]
+    ref = res.get("llama-server", {})
+    imp = res.get("impetus", {})
+    lcp = res.get("llama-cpp-python", {})
+    fmt = {
+        "first_tokens": round(res_mean(res, "first_prompt_tokens")),
+        "follow_new": round(res_mean(res, "follow_new_tokens")),
+    }
+    lines = [
+        "| measure | impetus | llama-server | llama-cpp-python | impetus / llama-server "
+        "| llama-cpp-python / llama-server | target (impetus) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key, label in LABELS.items():
+        digits = 2 if key.endswith("_s") else 1
+        lines.append(
+            f"| {label.format(**fmt)} | {cell(imp.get(key), digits)} "
+            f"| {cell(ref.get(key), digits)} | {cell(lcp.get(key), digits)} "
+            f"| {ratio(imp.get(key), ref.get(key))} | {ratio(lcp.get(key), ref.get(key))} "
+            f"| {TARGETS[key][0]} |"
+        )
+    idle = report["idle"]
+    if idle:
+        lines.append(
+            f"| impetus idle RSS, no model (MB) | {cell(idle['rss_mb'], 1)} | | | | | < 80 |"
+        )
+        lines.append(
+            f"| impetus /health after start (s) | {cell(idle['health_s'], 2)} | | | | | < 1 |"
+        )
+    return "\n".join(lines)
+
+
+def res_mean(res: dict[str, dict[str, dict[str, float]]], key: str) -> float:
+    values = [r[key]["mean"] for r in res.values() if key in r]
+    return statistics.fmean(values) if values else 0.0
+
+
+if __name__ == "__main__":
+    main()
