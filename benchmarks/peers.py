@@ -4,6 +4,7 @@ streaming measurements through the official `openai` client."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import random
@@ -308,10 +309,8 @@ def busy_processes(threshold: float = 20.0) -> list[str]:
     me = {os.getpid(), *(p.pid for p in psutil.Process().children(recursive=True))}
     procs = [p for p in psutil.process_iter(["pid", "name", "cmdline"]) if p.pid not in me]
     for proc in procs:
-        try:
+        with contextlib.suppress(psutil.Error):  # it may have exited meanwhile
             proc.cpu_percent(None)
-        except psutil.Error:
-            pass
     time.sleep(1.0)
     busy = []
     for proc in procs:
