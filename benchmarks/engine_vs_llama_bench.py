@@ -163,7 +163,10 @@ def main() -> None:
         for name in order:
             busy += peers.wait_for_quiet(args.max_wait)
             print(f"round {i + 1}: {name}", flush=True)
-            run = llama_bench(binary, model, args) if name == "llama-bench" else ours(model, args)
+            with peers.BusyMonitor() as monitor:
+                bench = name == "llama-bench"
+                run = llama_bench(binary, model, args) if bench else ours(model, args)
+            busy += [f"{name} round {i + 1}: {line}" for line in monitor.busy]
             runs[name].append(run)
     got, ref = summary(runs["impetus"]), summary(runs["llama-bench"])
     print(

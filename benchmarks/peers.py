@@ -179,9 +179,9 @@ class Streamed:
 def stream(client: OpenAI, messages: list[dict[str, str]], max_tokens: int) -> Streamed:
     """One streamed chat; TTFT is the first chunk that carries content."""
     start = time.perf_counter()
-    chunks = client.chat.completions.create(
+    chunks = client.chat.completions.create(  # type: ignore[call-overload]
         model=MODEL,
-        messages=messages,  # type: ignore[arg-type]
+        messages=messages,  # plain dicts, as any client sends them
         max_tokens=max_tokens,
         temperature=0,
         stream=True,
@@ -335,6 +335,29 @@ def wait_for_quiet(max_wait_s: float) -> list[str]:
             return busy
         print(f"waiting for a quiet machine: {busy[0]}", flush=True)
         time.sleep(10.0)
+
+
+class BusyMonitor:
+    """Samples other processes' CPU every few seconds while a measurement runs (a background
+    thread); .busy lists every process seen above 20% of a core."""
+
+    def __init__(self, period_s: float = 3.0) -> None:
+        self.period_s = period_s
+        self.busy: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> BusyMonitor:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period_s):
+            self.busy += busy_processes()
 
 
 def machine() -> dict[str, Any]:

@@ -86,12 +86,16 @@ def main() -> None:
         if "impetus" in servers:
             busy += peers.wait_for_quiet(args.max_wait)
             print(f"rep {rep + 1}: impetus idle start", flush=True)
-            idle.append(peers.measure_idle(args, logs / f"idle-{rep}.log"))
+            with peers.BusyMonitor() as monitor:
+                idle.append(peers.measure_idle(args, logs / f"idle-{rep}.log"))
+            busy += monitor.busy
         for name in order:
             busy += peers.wait_for_quiet(args.max_wait)
             print(f"rep {rep + 1}: {name}", flush=True)
             argv = peers.command(name, args, model, binary)
-            result = peers.measure_server(name, argv, args, rep, logs / f"{name}-{rep}.log")
+            with peers.BusyMonitor() as monitor:
+                result = peers.measure_server(name, argv, args, rep, logs / f"{name}-{rep}.log")
+            busy += [f"{name} rep {rep + 1}: {line}" for line in monitor.busy]
             samples[name].append(result)
             print("   " + ", ".join(f"{k} {v:.3g}" for k, v in result.items()), flush=True)
     report = summarize(samples, idle, args, model, servers, binary)
