@@ -152,21 +152,21 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-flash", dest="flash", action="store_false", help="flash attn off")
     parser.add_argument("--max-wait", type=float, default=300.0, help="wait for a quiet machine")
+    parser.add_argument("--retries", type=int, default=2, help="re-measure a disturbed block")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     binary, model = build()["llama-bench"], peers.gemma_path()
     runs: dict[str, list[Samples]] = {"llama-bench": [], "impetus": []}
-    busy: list[str] = []
+    quiet = peers.Quiet(args.max_wait, args.retries)
     for i in range(args.rounds):
-        # ABAB, starting with the other one every round: neither always runs first.
+        # ABBA: llama-bench first in odd rounds, ours first in even ones.
         order = ["llama-bench", "impetus"] if i % 2 == 0 else ["impetus", "llama-bench"]
         for name in order:
-            busy += peers.wait_for_quiet(args.max_wait)
             print(f"round {i + 1}: {name}", flush=True)
-            with peers.BusyMonitor() as monitor:
-                bench = name == "llama-bench"
-                run = llama_bench(binary, model, args) if bench else ours(model, args)
-            busy += [f"{name} round {i + 1}: {line}" for line in monitor.busy]
+            if name == "llama-bench":
+                run = quiet.run(f"{name} round {i + 1}", lambda: llama_bench(binary, model, args))
+            else:
+                run = quiet.run(f"{name} round {i + 1}", lambda: ours(model, args))
             runs[name].append(run)
     got, ref = summary(runs["impetus"]), summary(runs["llama-bench"])
     print(
@@ -184,7 +184,8 @@ def main() -> None:
             "impetus": got,
             "llama_bench": ref,
             "runs": runs,
-            "busy_during_run": busy,
+            "busy_during_run": quiet.log,
+            "kept_although_disturbed": quiet.disturbed,
         }
         args.out.write_text(json.dumps(report, indent=2))
 

@@ -16,9 +16,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 from openai import OpenAI
@@ -358,6 +359,34 @@ class BusyMonitor:
     def _run(self) -> None:
         while not self._stop.wait(self.period_s):
             self.busy += busy_processes()
+
+
+T = TypeVar("T")
+
+
+@dataclass
+class Quiet:
+    """Runs measurements on a quiet machine: waits until nothing else is busy, watches while
+    measuring, and measures again (up to `retries` times) when another process got busy
+    meanwhile. `log` keeps every disturbance; `disturbed` the labels of results kept anyway."""
+
+    max_wait_s: float
+    retries: int
+    log: list[str] = field(default_factory=list)
+    disturbed: list[str] = field(default_factory=list)
+
+    def run(self, label: str, measure: Callable[[], T]) -> T:
+        for attempt in range(self.retries + 1):
+            self.log += [f"{label}, before: {line}" for line in wait_for_quiet(self.max_wait_s)]
+            with BusyMonitor() as monitor:
+                result = measure()
+            if not monitor.busy:
+                return result
+            self.log += [f"{label}, attempt {attempt + 1}: {line}" for line in monitor.busy]
+            print(f"{label}: another process got busy ({monitor.busy[0]})", flush=True)
+        print(f"warning: keeping {label}, measured while other processes were busy", flush=True)
+        self.disturbed.append(label)
+        return result
 
 
 def machine() -> dict[str, Any]:

@@ -33,6 +33,7 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -80,29 +81,27 @@ def main() -> None:
     load_before = os.getloadavg()
     samples: dict[str, list[dict[str, float]]] = {s: [] for s in servers}
     idle: list[dict[str, float]] = []
-    busy: list[str] = []
+    quiet = peers.Quiet(args.max_wait, args.retries)
     for rep in range(args.reps):
         order = servers[rep % len(servers) :] + servers[: rep % len(servers)]
         if "impetus" in servers:
-            busy += peers.wait_for_quiet(args.max_wait)
             print(f"rep {rep + 1}: impetus idle start", flush=True)
-            with peers.BusyMonitor() as monitor:
-                idle.append(peers.measure_idle(args, logs / f"idle-{rep}.log"))
-            busy += monitor.busy
+            log = logs / f"idle-{rep}.log"
+            idle.append(quiet.run(f"idle rep {rep + 1}", partial(peers.measure_idle, args, log)))
         for name in order:
-            busy += peers.wait_for_quiet(args.max_wait)
             print(f"rep {rep + 1}: {name}", flush=True)
             argv = peers.command(name, args, model, binary)
-            with peers.BusyMonitor() as monitor:
-                result = peers.measure_server(name, argv, args, rep, logs / f"{name}-{rep}.log")
-            busy += [f"{name} rep {rep + 1}: {line}" for line in monitor.busy]
+            log = logs / f"{name}-{rep}.log"
+            measure = partial(peers.measure_server, name, argv, args, rep, log)
+            result = quiet.run(f"{name} rep {rep + 1}", measure)
             samples[name].append(result)
             print("   " + ", ".join(f"{k} {v:.3g}" for k, v in result.items()), flush=True)
     report = summarize(samples, idle, args, model, servers, binary)
     report["elapsed_s"] = round(time.time() - started, 1)
     report["loadavg_before_after"] = [load_before, os.getloadavg()]
     report["logs"] = str(logs)
-    report["busy_during_run"] = busy
+    report["busy_during_run"] = quiet.log
+    report["kept_although_disturbed"] = quiet.disturbed
     print(markdown(report))
     if args.out:
         args.out.write_text(json.dumps(report, indent=2))
@@ -125,6 +124,7 @@ def parse_args() -> argparse.Namespace:
         default=300.0,
         help="seconds to wait for other busy processes before each server (then warn)",
     )
+    parser.add_argument("--retries", type=int, default=2, help="re-measure a disturbed server")
     parser.add_argument("--quick", action="store_true", help="1 rep, small prompts: a smoke run")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args()
