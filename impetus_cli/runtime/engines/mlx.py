@@ -1,19 +1,29 @@
 """MLX and safetensors models on mlx-lm (Metal on a Mac, the CPU through mlx[cpu] on Linux).
 
-Generation drives mlx-lm's ``generate_step`` with its sampler and logits processors; the prompt
-cache and the tokens it holds survive between requests, so a prompt that extends the previous
-conversation is trimmed to the common prefix and only the rest is evaluated.
+Generation drives mlx-lm's ``generate_step`` with its sampler and logits processors. The prompt
+cache and the list of tokens it holds survive between requests (as mlx-lm's own server does), so
+a prompt that shares a prefix with the previous conversation trims the cache to the common prefix
+(``trim_prompt_cache``) and evaluates only the rest. One generation runs at a time (a lock).
+
+Not available on MLX: grammar / JSON-schema constrained output (refused with a 400).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from impetus_cli.errors import CorruptModel, EngineError, ImpetusError
-from impetus_cli.runtime.engines.llama import common_prefix
+from impetus_cli.errors import (
+    BackendUnavailable,
+    ContextLengthExceeded,
+    CorruptModel,
+    EngineError,
+    ImpetusError,
+)
 from impetus_cli.runtime.types import (
     ChatMessage,
     GenerationChunk,
@@ -22,6 +32,29 @@ from impetus_cli.runtime.types import (
     SamplingParams,
     ToolSpec,
 )
+
+# Penalty processors look back this many tokens (mlx-lm's default context size is 20).
+PENALTY_CONTEXT = 64
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+@dataclass
+class _Stream:
+    """Bookkeeping of one generation: what was fed to the cache, what is not yet emitted."""
+
+    fed: list[int] = field(default_factory=list)  # every sampled token (the cache holds them)
+    pending: list[int] = field(default_factory=list)  # token ids not yet attached to a chunk
+    logprobs: list[float] = field(default_factory=list)
+    completion: int = 0
+    finish: str = "length"
+    first_at: float = 0.0
 
 
 class MlxEngine:
@@ -32,8 +65,9 @@ class MlxEngine:
         self._model, self._tokenizer = model, tokenizer
         self._lock = threading.Lock()
         self._cache: Any = None
-        self._cached: list[int] = []  # the tokens the prompt cache holds
-        self.last_cached_tokens = 0
+        self._cached: list[int] = []  # the tokens the prompt cache holds, in order
+        self._weights_bytes = _weights_bytes(model)
+        self.last_cached_tokens = 0  # counters the tests and metrics read
         self.last_evaluated_tokens = 0
 
     @classmethod
@@ -41,20 +75,17 @@ class MlxEngine:
         try:
             import mlx_lm
         except ImportError as exc:
-            from impetus_cli.errors import BackendUnavailable
-
             raise BackendUnavailable(
                 "mlx-lm is not installed.", "pip install mlx-lm (and mlx[cpu] on Linux)."
             ) from exc
         try:
             loaded: Any = mlx_lm.load(str(info.path))
-            model, tokenizer = loaded[0], loaded[1]
         except (ValueError, OSError, KeyError) as exc:
             raise CorruptModel(
                 f"mlx-lm could not load {info.path}: {exc}",
                 "The directory may be incomplete: pull it again.",
             ) from exc
-        return cls(plan, info, model, tokenizer)
+        return cls(plan, info, loaded[0], loaded[1])
 
     @property
     def n_ctx(self) -> int:
@@ -62,15 +93,18 @@ class MlxEngine:
 
     @property
     def memory_bytes(self) -> int:
-        from mlx.utils import tree_flatten
-
-        flat: Any = tree_flatten(self._model.parameters())
-        weights = sum(v.nbytes for _, v in flat)
-        return int(weights) + self.plan.kv_bytes
+        """The weights' bytes plus what the prompt cache holds now."""
+        cache = self._cache or []
+        return self._weights_bytes + sum(int(getattr(c, "nbytes", 0)) for c in cache)
 
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
+        """``special`` parses control tokens in the text and adds BOS when the tokenizer wants
+        one, unless the text already starts with it (templates often write it themselves)."""
+        if not special:
+            ids = self._tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)
+            return list(ids)
         bos = getattr(self._tokenizer, "bos_token", None)
-        add = special and not (bos and text.startswith(bos))
+        add = not (bos and text.startswith(bos))
         return list(self._tokenizer.encode(text, add_special_tokens=add))
 
     def detokenize(self, tokens: Sequence[int]) -> str:
@@ -89,26 +123,44 @@ class MlxEngine:
             eos_token=getattr(self._tokenizer, "eos_token", None) or "",
         )
 
+    # -- generation -------------------------------------------------------------------------
+
     def generate(
         self, tokens: Sequence[int], sampling: SamplingParams, cancel: threading.Event | None = None
     ) -> Iterator[GenerationChunk]:
+        """Checks run now (so the server can answer 4xx before streaming); the returned
+        iterator takes the engine's lock when first advanced and holds it until it ends."""
         if sampling.grammar:
             raise ImpetusError(
-                "Constrained output (response_format) is not available for MLX models.",
-                "Use a GGUF build of the model for JSON mode, or drop response_format.",
+                "Constrained output (grammar, JSON schema, response_format) is not available "
+                "for MLX models.",
+                "Use a GGUF build of the model for constrained output, or drop response_format.",
                 param="response_format",
             )
         if not tokens:
             raise ImpetusError("The prompt is empty.", param="messages")
+        if len(tokens) > self.n_ctx:
+            raise ContextLengthExceeded(self.n_ctx, len(tokens))
+        return self._locked(list(tokens), sampling, cancel or threading.Event())
+
+    def _locked(
+        self, tokens: list[int], sampling: SamplingParams, cancel: threading.Event
+    ) -> Iterator[GenerationChunk]:
         with self._lock:
-            yield from self._run(list(tokens), sampling, cancel or threading.Event())
+            yield from self._run(tokens, sampling, cancel)
 
     def _prepare_cache(self, tokens: list[int]) -> int:
-        """Trim the prompt cache to the longest common prefix; return how many tokens it keeps."""
+        """Trim the prompt cache to the longest common prefix; return how many tokens it keeps.
+        At least one prompt token is always evaluated, for the next token's logits."""
         from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
 
         keep = min(common_prefix(self._cached, tokens), len(tokens) - 1)
-        if self._cache is not None and keep and can_trim_prompt_cache(self._cache):
+        # A cache that cannot be trimmed (recurrent layers) is still reused when extended.
+        if (
+            self._cache is not None
+            and keep
+            and (keep == len(self._cached) or can_trim_prompt_cache(self._cache))
+        ):
             trim_prompt_cache(self._cache, len(self._cached) - keep)
             self._cached = self._cached[:keep]
             return keep
@@ -116,121 +168,185 @@ class MlxEngine:
         self._cached = []
         return 0
 
-    def _processors(self, s: SamplingParams) -> tuple[Any, Any]:
+    def _processors(self, s: SamplingParams, prefix: list[int]) -> tuple[Any, Any]:
         from mlx_lm.sample_utils import make_logits_processors, make_sampler
 
+        greedy = s.temperature <= 0
         sampler = make_sampler(
             temp=max(s.temperature, 0.0),
-            top_p=s.top_p if s.temperature > 0 else 0.0,
-            min_p=s.min_p if s.temperature > 0 else 0.0,
-            top_k=s.top_k if s.temperature > 0 else 0,
+            top_p=0.0 if greedy else s.top_p,
+            min_p=0.0 if greedy else s.min_p,
+            top_k=0 if greedy else s.top_k,
         )
         processors = make_logits_processors(
             logit_bias=dict(s.logit_bias) if s.logit_bias else None,
             repetition_penalty=s.repeat_penalty if s.repeat_penalty != 1.0 else None,
+            repetition_context_size=PENALTY_CONTEXT,
             presence_penalty=s.presence_penalty or None,
+            presence_context_size=PENALTY_CONTEXT,
             frequency_penalty=s.frequency_penalty or None,
+            frequency_context_size=PENALTY_CONTEXT,
         )
-        return sampler, processors
+        return sampler, _with_prefix(processors, prefix[-PENALTY_CONTEXT:])
 
-    def _run(
-        self, tokens: list[int], sampling: SamplingParams, cancel: threading.Event
-    ) -> Iterator[GenerationChunk]:
+    def _steps(self, tokens: list[int], cached: int, sampling: SamplingParams) -> Any:
         import mlx.core as mx
         from mlx_lm.generate import generate_step
 
-        from impetus_cli.runtime.templates import StopMatcher
-
-        if sampling.seed is not None:
-            mx.random.seed(sampling.seed)
-        start = time.perf_counter()
-        cached = self._prepare_cache(tokens)
-        self.last_cached_tokens, self.last_evaluated_tokens = cached, len(tokens) - cached
-        sampler, processors = self._processors(sampling)
-        room = self.n_ctx - len(tokens)
-        limit = room if sampling.max_tokens is None else min(sampling.max_tokens, room)
-        eos = set(getattr(self._tokenizer, "eos_token_ids", None) or [])
-        detok = self._tokenizer.detokenizer
-        detok.reset()
-        stops = StopMatcher(sampling.stop)
-        generated: list[int] = []
-        finish, first_at = "length", 0.0
-        steps = generate_step(
+        # Unseeded requests must not replay the previous seeded one: reseed from the OS.
+        seed = sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(4))
+        mx.random.seed(seed)
+        sampler, processors = self._processors(sampling, tokens[:cached])
+        room = max(self.n_ctx - len(tokens), 0)
+        limit = room if sampling.max_tokens is None else max(min(sampling.max_tokens, room), 0)
+        return generate_step(
             mx.array(tokens[cached:]),
             self._model,
             max_tokens=limit,
             sampler=sampler,
-            logits_processors=processors,
+            logits_processors=processors or None,
             prompt_cache=self._cache,
         )
+
+    def _run(
+        self, tokens: list[int], sampling: SamplingParams, cancel: threading.Event
+    ) -> Iterator[GenerationChunk]:
+        from impetus_cli.runtime.templates import StopMatcher
+
+        start = time.perf_counter()
+        cached = self._prepare_cache(tokens)
+        self.last_cached_tokens, self.last_evaluated_tokens = cached, len(tokens) - cached
+        detok, stops, st = self._tokenizer.detokenizer, StopMatcher(sampling.stop), _Stream()
+        eos = set(getattr(self._tokenizer, "eos_token_ids", None) or ())
+        steps = self._steps(tokens, cached, sampling)
         try:
-            for token_array, _ in steps:
+            for token_array, logprobs in steps:
                 token = int(token_array)
-                first_at = first_at or time.perf_counter()
+                st.first_at = st.first_at or time.perf_counter()
+                st.fed.append(token)  # generate_step has already fed it to the model
                 if cancel.is_set():
-                    finish = "cancelled"
+                    st.finish = "cancelled"
                     break
                 if token in eos and not sampling.ignore_eos:
-                    finish = "stop"
+                    st.finish = "stop"
                     break
-                generated.append(token)
+                st.completion += 1
+                st.pending.append(token)
+                if sampling.logprobs is not None:
+                    st.logprobs.append(float(logprobs[token].item()))
                 detok.add_token(token)
                 text, stopped = stops.feed(detok.last_segment)
                 if text:
-                    yield GenerationChunk(text=text, token_ids=(token,))
+                    yield self._chunk(st, text)
                 if stopped:
-                    finish = "stop"
+                    st.finish = "stop"
                     break
         except (ValueError, RuntimeError) as exc:
             raise EngineError(f"MLX generation failed: {exc}") from exc
         finally:
             steps.close()
-            self._remember(tokens + generated)
+            self._remember(tokens + st.fed)
         detok.finalize()
-        tail = (stops.flush() + detok.last_segment) if finish != "stop" else ""
+        # Text held back as a possible stop-string start is emitted unless a stop string hit.
+        tail, _ = stops.feed(detok.last_segment)
+        yield self._final(st, tail + stops.flush(), tokens, cached, start)
+
+    @staticmethod
+    def _chunk(st: _Stream, text: str) -> GenerationChunk:
+        chunk = GenerationChunk(text=text, token_ids=tuple(st.pending), logprobs=tuple(st.logprobs))
+        st.pending, st.logprobs = [], []
+        return chunk
+
+    @staticmethod
+    def _final(
+        st: _Stream, tail: str, tokens: list[int], cached: int, start: float
+    ) -> GenerationChunk:
         end = time.perf_counter()
-        decode_s = end - (first_at or end)
-        prompt_s = (first_at or end) - start
-        yield GenerationChunk(
+        first_at = st.first_at or end
+        decode_s, prompt_s = end - first_at, first_at - start
+        return GenerationChunk(
             text=tail,
-            finish_reason=finish,  # type: ignore[arg-type]
+            token_ids=tuple(st.pending),
+            logprobs=tuple(st.logprobs),
+            finish_reason=st.finish,  # type: ignore[arg-type]
             prompt_tokens=len(tokens),
             cached_tokens=cached,
-            completion_tokens=len(generated),
+            completion_tokens=st.completion,
             prompt_tps=(len(tokens) - cached) / prompt_s if prompt_s > 0 else 0.0,
-            generation_tps=len(generated) / decode_s if decode_s > 0 else 0.0,
+            # The first token's time belongs to the prompt (it comes out of the prefill).
+            generation_tps=(st.completion - 1) / decode_s
+            if decode_s > 0 and st.completion > 1
+            else 0.0,
             ttft_s=prompt_s,
         )
 
     def _remember(self, sequence: list[int]) -> None:
         """What the cache now holds: as many tokens of the sequence as its offset says."""
-        offset = (
-            min((getattr(c, "offset", 0) for c in self._cache), default=0) if self._cache else 0
-        )
-        self._cached = sequence[: int(offset)]
+        offsets = [int(getattr(c, "offset", len(sequence))) for c in self._cache or []]
+        self._cached = sequence[: min(offsets, default=0)]
+
+    def clear_cache(self) -> None:
+        """Forget the prompt cache (the next request is evaluated cold)."""
+        with self._lock:
+            self._cache = None
+            self._cached = []
+
+    # -- embeddings -------------------------------------------------------------------------
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        """Mean of the last hidden states, normalised (the body of the model, without its head)."""
-        import mlx.core as mx
+        """Mean of the final (normed) hidden states over the text's tokens, L2-normalised.
 
+        The hidden states come from the model's body (``model.model``, the transformer without
+        its output head), which every mlx-lm decoder exposes; one text at a time, no cache.
+        """
         body = getattr(self._model, "model", None)
         if body is None:
             raise ImpetusError(
                 f"{self.plan.model.name} does not expose hidden states for embeddings.",
+                "Use a GGUF model for embeddings.",
                 param="model",
             )
-        vectors = []
         with self._lock:
-            for text in texts:
-                ids = self.tokenize(text)[: self.n_ctx] or [0]
-                hidden = body(mx.array([ids]))
-                mean = mx.mean(hidden[0], axis=0)
-                norm = mx.sqrt(mx.sum(mean * mean)) + 1e-12
-                values: Any = (mean / norm).tolist()
-                vectors.append([float(x) for x in values])
-        return vectors
+            return [self._embed_one(body, text) for text in texts]
+
+    def _embed_one(self, body: Any, text: str) -> list[float]:
+        import mlx.core as mx
+
+        ids = self.tokenize(text)[: self.n_ctx] or [0]
+        try:
+            hidden = body(mx.array([ids]))
+        except (TypeError, ValueError) as exc:
+            raise ImpetusError(
+                f"{self.plan.model.name} cannot produce embeddings on MLX: {exc}",
+                "Use a GGUF model for embeddings.",
+                param="model",
+            ) from exc
+        mean = mx.mean(hidden[0].astype(mx.float32), axis=0)
+        vector = mean / (mx.sqrt(mx.sum(mean * mean)) + 1e-12)
+        values: Any = vector.tolist()
+        return [float(x) for x in values]
 
     def close(self) -> None:
-        with self._lock:
-            self._cache = None
-            self._cached = []
+        self.clear_cache()
+
+
+def _weights_bytes(model: Any) -> int:
+    from mlx.utils import tree_flatten
+
+    flat: Any = tree_flatten(model.parameters())
+    return int(sum(v.nbytes for _, v in flat))
+
+
+def _with_prefix(processors: list[Any], prefix: list[int]) -> list[Any]:
+    """Processors see the cached prefix too, so penalties match a cold evaluation
+    (generate_step only shows them the tokens it evaluated itself)."""
+    if not prefix or not processors:
+        return processors
+    import mlx.core as mx
+
+    head = mx.array(prefix)
+
+    def wrap(processor: Any) -> Any:
+        return lambda toks, logits: processor(mx.concatenate([head, toks]), logits)
+
+    return [wrap(p) for p in processors]

@@ -1,0 +1,236 @@
+"""The MLX engine on real mlx-lm (CPU through mlx[cpu]) with the tiny random-weight model."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from impetus_cli.errors import ContextLengthExceeded, ImpetusError
+from impetus_cli.runtime.types import ChatMessage, GenerationChunk, SamplingParams
+
+pytest.importorskip("mlx_lm")
+
+IM_END = "<|im_end|>"
+
+
+def prompt_tokens(engine: Any, *turns: str) -> list[int]:
+    roles = ("user", "assistant")
+    messages = [ChatMessage(role=roles[i % 2], content=t) for i, t in enumerate(turns)]  # type: ignore[arg-type]
+    return list(engine.tokenize(engine.render(messages)))
+
+
+def run(engine: Any, tokens: list[int], **sampling: Any) -> list[GenerationChunk]:
+    return list(engine.generate(tokens, SamplingParams(**sampling)))
+
+
+def text_of(chunks: list[GenerationChunk]) -> str:
+    return "".join(c.text for c in chunks)
+
+
+def test_loads_with_its_context_and_weights_in_memory(tiny_mlx_engine: Any) -> None:
+    assert tiny_mlx_engine.n_ctx == 1024
+    assert tiny_mlx_engine.info.architecture == "llama"
+    assert tiny_mlx_engine.memory_bytes > 64 * 300 * 2  # at least the embedding table
+
+
+def test_renders_chat_through_the_tokenizer_template(tiny_mlx_engine: Any) -> None:
+    prompt = tiny_mlx_engine.render(
+        [ChatMessage(role="system", content="Be brief."), ChatMessage(role="user", content="Hi")]
+    )
+    assert prompt == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+    tokens = tiny_mlx_engine.tokenize(prompt)
+    assert tokens.count(tiny_mlx_engine.tokenize(IM_END)[0]) == 2
+    assert tiny_mlx_engine.detokenize(tokens) == prompt
+
+
+def test_control_tokens_in_plain_text_are_not_parsed_without_special(tiny_mlx_engine: Any) -> None:
+    (end,) = tiny_mlx_engine.tokenize(IM_END)
+    plain = tiny_mlx_engine.tokenize(IM_END, special=False)
+    assert end not in plain and tiny_mlx_engine.detokenize(plain) == IM_END
+
+
+def test_streams_text_then_one_final_chunk_with_counters(tiny_mlx_engine: Any) -> None:
+    tokens = prompt_tokens(tiny_mlx_engine, "hello there")
+    chunks = run(tiny_mlx_engine, tokens, max_tokens=10, temperature=0, ignore_eos=True)
+    *deltas, final = chunks
+    assert deltas and all(c.finish_reason is None and c.text for c in deltas)
+    assert final.finish_reason == "length" and final.prompt_tokens == len(tokens)
+    ids = [t for c in chunks for t in c.token_ids]
+    assert final.completion_tokens == len(ids) == 10
+    assert tiny_mlx_engine.detokenize(ids) == text_of(chunks)
+    assert final.ttft_s > 0 and final.prompt_tps > 0 and final.generation_tps > 0
+
+
+def test_temperature_zero_is_deterministic(tiny_mlx_engine: Any) -> None:
+    tokens = prompt_tokens(tiny_mlx_engine, "the same")
+    a = text_of(run(tiny_mlx_engine, tokens, max_tokens=16, temperature=0))
+    assert a and a == text_of(run(tiny_mlx_engine, tokens, max_tokens=16, temperature=0))
+
+
+def test_the_same_seed_and_filters_give_the_same_text(tiny_mlx_engine: Any) -> None:
+    tokens = prompt_tokens(tiny_mlx_engine, "seeded")
+    params = dict(max_tokens=24, temperature=1.5, top_p=0.9, top_k=50, min_p=0.01)
+    a = text_of(run(tiny_mlx_engine, tokens, seed=7, ignore_eos=True, **params))
+    b = text_of(run(tiny_mlx_engine, tokens, seed=7, ignore_eos=True, **params))
+    c = text_of(run(tiny_mlx_engine, tokens, seed=8, ignore_eos=True, **params))
+    assert a == b and a != c
+
+
+def test_an_unseeded_request_does_not_replay_the_last_seed(tiny_mlx_engine: Any) -> None:
+    tokens = prompt_tokens(tiny_mlx_engine, "seeded")
+    params: dict[str, Any] = dict(max_tokens=24, temperature=1.5, ignore_eos=True)
+    text_of(run(tiny_mlx_engine, tokens, seed=3, **params))
+    first = text_of(run(tiny_mlx_engine, tokens, **params))
+    text_of(run(tiny_mlx_engine, tokens, seed=3, **params))
+    assert text_of(run(tiny_mlx_engine, tokens, **params)) != first
+
+
+def test_max_tokens_ends_with_length(tiny_mlx_engine: Any) -> None:
+    tokens = prompt_tokens(tiny_mlx_engine, "hello")
+    final = run(tiny_mlx_engine, tokens, max_tokens=3, temperature=0, ignore_eos=True)[-1]
+    assert final.finish_reason == "length" and final.completion_tokens == 3
+
+
+def test_end_of_sequence_ends_with_stop_and_emits_no_marker(tiny_mlx_engine: Any) -> None:
+    (end,) = tiny_mlx_engine.tokenize(IM_END)
+    tokens = prompt_tokens(tiny_mlx_engine, "finish")
+    chunks = run(tiny_mlx_engine, tokens, max_tokens=8, temperature=0, logit_bias={end: 100.0})
+    assert chunks[-1].finish_reason == "stop" and chunks[-1].completion_tokens == 0
+    assert text_of(chunks) == ""
+
+
+def test_logit_bias_steers_the_pick(tiny_mlx_engine: Any) -> None:
+    (x,) = tiny_mlx_engine.tokenize("x", special=False)
+    tokens = prompt_tokens(tiny_mlx_engine, "steer")
+    chunks = run(tiny_mlx_engine, tokens, max_tokens=4, temperature=0, logit_bias={x: 100.0})
+    assert text_of(chunks) == "xxxx"
+
+
+def test_a_stop_string_split_across_tokens_is_never_emitted(tiny_mlx_engine: Any) -> None:
+    tokens = prompt_tokens(tiny_mlx_engine, "stop test")
+    full = run(tiny_mlx_engine, tokens, max_tokens=40, temperature=0, ignore_eos=True)
+    pieces = [c.text for c in full[:-1]]
+    # A stop string from the end of one piece to the start of the next one.
+    i = next(i for i in range(1, len(pieces)) if len(pieces[i - 1]) >= 2 and pieces[i])
+    stop = pieces[i - 1][-2:] + pieces[i][:2]
+    chunks = run(
+        tiny_mlx_engine, tokens, max_tokens=40, temperature=0, ignore_eos=True, stop=(stop,)
+    )
+    out = text_of(chunks)
+    assert chunks[-1].finish_reason == "stop"
+    assert stop not in out and out == text_of(full)[: text_of(full).index(stop)]
+
+
+def test_text_held_for_a_possible_stop_is_emitted_when_generation_ends(
+    tiny_mlx_engine: Any,
+) -> None:
+    tokens = prompt_tokens(tiny_mlx_engine, "held back")
+    full = text_of(run(tiny_mlx_engine, tokens, max_tokens=6, temperature=0, ignore_eos=True))
+    stop = full[-1] + "\x00never"  # the last character could start it; the rest never comes
+    out = run(tiny_mlx_engine, tokens, max_tokens=6, temperature=0, ignore_eos=True, stop=(stop,))
+    assert text_of(out) == full and out[-1].finish_reason == "length"
+
+
+def test_cancellation_stops_within_a_token(tiny_mlx_engine: Any) -> None:
+    cancel = threading.Event()
+    tokens = prompt_tokens(tiny_mlx_engine, "go")
+    sampling = SamplingParams(max_tokens=500, temperature=0, ignore_eos=True)
+    seen, after_cancel, final = 0, 0, None
+    for chunk in tiny_mlx_engine.generate(tokens, sampling, cancel):
+        if chunk.finish_reason:
+            final = chunk
+            continue
+        after_cancel += cancel.is_set()
+        seen += len(chunk.token_ids)
+        if seen >= 3:
+            cancel.set()
+    assert final is not None and final.finish_reason == "cancelled" and after_cancel == 0
+    # The token sampled after the cancel is dropped.
+    assert final.completion_tokens == seen + len(final.token_ids) < 10
+
+
+def test_a_follow_up_turn_reuses_the_prompt_cache(tiny_mlx_engine: Any) -> None:
+    tiny_mlx_engine.clear_cache()
+    first = prompt_tokens(tiny_mlx_engine, "tell me about the quick brown fox")
+    reply_chunks = run(tiny_mlx_engine, first, max_tokens=8, temperature=0)
+    assert reply_chunks[-1].cached_tokens == 0
+    second = prompt_tokens(
+        tiny_mlx_engine, "tell me about the quick brown fox", text_of(reply_chunks), "and the dog?"
+    )
+    final = run(tiny_mlx_engine, second, max_tokens=4, temperature=0)[-1]
+    assert final.cached_tokens >= len(first)
+    assert tiny_mlx_engine.last_evaluated_tokens == len(second) - final.cached_tokens
+
+
+def test_the_same_prompt_again_evaluates_only_its_last_token(tiny_mlx_engine: Any) -> None:
+    tokens = prompt_tokens(tiny_mlx_engine, "again")
+    a = run(tiny_mlx_engine, tokens, max_tokens=5, temperature=0)
+    b = run(tiny_mlx_engine, tokens, max_tokens=5, temperature=0)
+    assert b[-1].cached_tokens == len(tokens) - 1 and text_of(a) == text_of(b)
+
+
+def cold(engine: Any, tokens: list[int], **sampling: Any) -> str:
+    engine.clear_cache()
+    return text_of(run(engine, tokens, **sampling))
+
+
+@pytest.mark.parametrize("ending", ["cancel", "eos", "stop"])
+def test_a_reused_cache_gives_the_same_text_as_a_cold_run(
+    tiny_mlx_engine: Any, ending: str
+) -> None:
+    (end,) = tiny_mlx_engine.tokenize(IM_END)
+    first = prompt_tokens(tiny_mlx_engine, "warm up the cache")
+    cancel = threading.Event()
+    sampling = SamplingParams(max_tokens=12, temperature=0, repeat_penalty=1.3)
+    if ending == "eos":
+        sampling = SamplingParams(max_tokens=12, temperature=0, logit_bias={end: 100.0})
+    elif ending == "cancel":
+        cancel.set()
+    reply = text_of(list(tiny_mlx_engine.generate(first, sampling, cancel)))
+    if ending == "stop":
+        reply = text_of(
+            run(tiny_mlx_engine, first, max_tokens=12, temperature=0, stop=(reply[2:4],))
+        )
+    second = prompt_tokens(tiny_mlx_engine, "warm up the cache", reply, "next")
+    params: dict[str, Any] = dict(max_tokens=12, temperature=0, repeat_penalty=1.3)
+    warm = run(tiny_mlx_engine, second, **params)
+    assert warm[-1].cached_tokens >= len(first)
+    assert text_of(warm) == cold(tiny_mlx_engine, second, **params)
+
+
+def test_a_prompt_longer_than_the_context_is_refused_before_streaming(
+    tiny_mlx_engine: Any,
+) -> None:
+    with pytest.raises(ContextLengthExceeded, match="maximum context length is 1024"):
+        tiny_mlx_engine.generate([5] * 1025, SamplingParams())
+
+
+def test_generation_stops_at_the_context_end(tiny_mlx_engine: Any) -> None:
+    tokens = [5] * 1020
+    final = run(tiny_mlx_engine, tokens, temperature=0, ignore_eos=True)[-1]
+    assert final.finish_reason == "length" and final.completion_tokens == 4
+
+
+def test_a_grammar_request_is_refused_before_streaming(tiny_mlx_engine: Any) -> None:
+    with pytest.raises(ImpetusError, match="not available for MLX") as info:
+        tiny_mlx_engine.generate([1, 2, 3], SamplingParams(grammar='root ::= "x"'))
+    assert info.value.status == 400 and info.value.hint
+
+
+def test_logprobs_come_with_each_token_when_asked(tiny_mlx_engine: Any) -> None:
+    tokens = prompt_tokens(tiny_mlx_engine, "probabilities")
+    chunks = run(tiny_mlx_engine, tokens, max_tokens=5, temperature=0, ignore_eos=True, logprobs=1)
+    pairs = [(len(c.token_ids), len(c.logprobs)) for c in chunks]
+    assert all(a == b for a, b in pairs) and all(lp <= 0 for c in chunks for lp in c.logprobs)
+
+
+def test_embeddings_are_normalised_vectors_of_the_hidden_size(tiny_mlx_engine: Any) -> None:
+    vectors = tiny_mlx_engine.embed(["hello world", "something else", "hello world"])
+    assert [len(v) for v in vectors] == [64, 64, 64]
+    assert all(abs(sum(x * x for x in v) - 1) < 1e-4 for v in vectors)
+    assert vectors[0] != vectors[1] and vectors[0] == pytest.approx(vectors[2], abs=1e-6)
