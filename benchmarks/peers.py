@@ -156,6 +156,8 @@ def measure_server(
         result.update(decode(client, args.decode_tokens))
         result.update(turns(client, args.first_tokens, salt=f"{name}-{rep}"))
         result.update(parallel(client, args.streams, args.decode_tokens))
+        if args.deep_tokens:
+            result.update(deep(client, args.deep_tokens, salt=f"{name}-{rep}-deep"))
         result["rss_mb"] = server.rss_mb()
         return result
     finally:
@@ -238,6 +240,16 @@ def turns(client: OpenAI, n_tokens: int, salt: str) -> dict[str, float]:
     if first.prompt_tokens is not None and second.prompt_tokens is not None:
         result["first_prompt_tokens"] = float(first.prompt_tokens)
         result["follow_new_tokens"] = float(second.prompt_tokens - first.prompt_tokens)
+    return result
+
+
+def deep(client: OpenAI, n_tokens: int, salt: str) -> dict[str, float]:
+    """TTFT of a cold, longer first turn (an agent's 8k-token opening)."""
+    ask = "Summarize the rules above in five bullet points."
+    out = stream(client, [user(f"{filler(n_tokens, salt)}\n\n{ask}")], 4)
+    result = {"deep_ttft_s": out.ttft_s}
+    if out.prompt_tokens is not None:
+        result["deep_prompt_tokens"] = float(out.prompt_tokens)
     return result
 
 

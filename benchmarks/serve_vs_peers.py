@@ -46,6 +46,7 @@ TARGETS = {  # measure -> (impetus / llama-server target, higher is better?)
     "decode_tps": (">= 0.95x", True),
     "first_ttft_s": ("<= 1.1x", False),
     "follow_ttft_s": ("<= 1.2x", False),
+    "deep_ttft_s": ("-", False),
     "parallel_tps": (">= 0.9x", True),
     "parallel_worst_ttft_s": ("-", False),
     "rss_mb": ("-", False),
@@ -54,6 +55,7 @@ LABELS = {
     "decode_tps": "decode (tok/s)",
     "first_ttft_s": "first-turn TTFT, {first_tokens} tokens (s)",
     "follow_ttft_s": "follow-up TTFT, +{follow_new} tokens (s)",
+    "deep_ttft_s": "first-turn TTFT, {deep_tokens} tokens (s)",
     "parallel_tps": "4 streams, aggregate (tok/s)",
     "parallel_worst_ttft_s": "4 streams, worst TTFT (s)",
     "rss_mb": "RSS with the model loaded (MB)",
@@ -114,6 +116,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--ctx", type=int, default=8192, help="context for every server")
     parser.add_argument("--first-tokens", type=int, default=2600, help="size of the first turn")
+    parser.add_argument(
+        "--deep-tokens", type=int, default=0, help="also a cold first turn this long (e.g. 8000)"
+    )
     parser.add_argument("--decode-tokens", type=int, default=128)
     parser.add_argument("--streams", type=int, default=4, help="parallel streams")
     parser.add_argument("--parallel", type=int, help="impetus serve --parallel (default: its own)")
@@ -170,6 +175,7 @@ def summarize(
             "reps": args.reps,
             "first_tokens_target": args.first_tokens,
             "decode_tokens": args.decode_tokens,
+            "deep_tokens": args.deep_tokens,
             "streams": args.streams,
         },
         "commands": {s: peers.command(s, args, model, binary, port=0) for s in servers},
@@ -201,6 +207,7 @@ def markdown(report: dict[str, Any]) -> str:
     fmt = {
         "first_tokens": round(res_mean(res, "first_prompt_tokens")),
         "follow_new": round(res_mean(res, "follow_new_tokens")),
+        "deep_tokens": round(res_mean(res, "deep_prompt_tokens")),
     }
     lines = [
         "| measure | impetus | llama-server | llama-cpp-python | impetus / llama-server "
@@ -208,6 +215,8 @@ def markdown(report: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for key, label in LABELS.items():
+        if key == "deep_ttft_s" and not fmt["deep_tokens"]:
+            continue  # not asked for (--deep-tokens)
         digits = 2 if key.endswith("_s") else 1
         lines.append(
             f"| {label.format(**fmt)} | {cell(imp.get(key), digits)} "
