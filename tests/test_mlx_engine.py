@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -203,6 +204,23 @@ def test_a_reused_cache_gives_the_same_text_as_a_cold_run(
     assert text_of(warm) == cold(tiny_mlx_engine, second, **params)
 
 
+def test_concurrent_generations_take_turns_and_match_sequential_ones(tiny_mlx_engine: Any) -> None:
+    prompts = [prompt_tokens(tiny_mlx_engine, f"thread {i}") for i in range(3)]
+    params: dict[str, Any] = dict(max_tokens=12, temperature=0, ignore_eos=True)
+    expected = [cold(tiny_mlx_engine, p, **params) for p in prompts]
+    results: dict[int, str] = {}
+
+    def work(i: int) -> None:
+        results[i] = text_of(run(tiny_mlx_engine, prompts[i], **params))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert [results.get(i) for i in range(3)] == expected
+
+
 def test_a_prompt_longer_than_the_context_is_refused_before_streaming(
     tiny_mlx_engine: Any,
 ) -> None:
@@ -227,6 +245,39 @@ def test_logprobs_come_with_each_token_when_asked(tiny_mlx_engine: Any) -> None:
     chunks = run(tiny_mlx_engine, tokens, max_tokens=5, temperature=0, ignore_eos=True, logprobs=1)
     pairs = [(len(c.token_ids), len(c.logprobs)) for c in chunks]
     assert all(a == b for a, b in pairs) and all(lp <= 0 for c in chunks for lp in c.logprobs)
+
+
+@pytest.fixture(scope="module")
+def q8_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """hidden 128 / 4 heads: a head size of 32 splits into quantization groups."""
+    from impetus_cli.runtime.engines.mlx import MlxEngine
+    from impetus_cli.runtime.inspect import inspect_model
+    from tests.fixtures.tiny_mlx import write_tiny_mlx
+    from tests.fixtures.tiny_models import make_plan
+
+    folder = write_tiny_mlx(tmp_path_factory.mktemp("mlx-q8") / "tiny", hidden_size=128)
+    info = inspect_model(folder)
+    engine = MlxEngine.load(make_plan(folder, info, 1024, kv_type="q8_0"), info)
+    yield engine
+    engine.close()
+
+
+def test_a_q8_kv_type_quantizes_the_cache_and_still_reuses_it(q8_engine: Any) -> None:
+    assert q8_engine.kv_bits == 8
+    first = prompt_tokens(q8_engine, "quantized cache")
+    reply = text_of(run(q8_engine, first, max_tokens=6, temperature=0, ignore_eos=True))
+    second = prompt_tokens(q8_engine, "quantized cache", reply, "more")
+    final = run(q8_engine, second, max_tokens=6, temperature=0, ignore_eos=True)[-1]
+    assert final.finish_reason == "length" and final.cached_tokens >= len(first)
+    assert type(q8_engine._cache[0]).__name__ == "QuantizedKVCache"
+
+
+def test_the_kv_type_stays_full_precision_when_heads_do_not_split(tiny_mlx_engine: Any) -> None:
+    from impetus_cli.runtime.engines.mlx import _kv_bits
+
+    assert _kv_bits("q8_0", 16, tiny_mlx_engine._model) is None  # head size 16 < a group
+    assert _kv_bits("f16", 64, tiny_mlx_engine._model) is None
+    assert _kv_bits("q4_0", 64, tiny_mlx_engine._model) == 4
 
 
 def test_embeddings_are_normalised_vectors_of_the_hidden_size(tiny_mlx_engine: Any) -> None:

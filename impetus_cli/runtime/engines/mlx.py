@@ -35,6 +35,8 @@ from impetus_cli.runtime.types import (
 
 # Penalty processors look back this many tokens (mlx-lm's default context size is 20).
 PENALTY_CONTEXT = 64
+# Quantized KV cache: the group size along the head dimension (mx.quantize accepts 32/64/128).
+KV_GROUP = 32
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -67,6 +69,8 @@ class MlxEngine:
         self._cache: Any = None
         self._cached: list[int] = []  # the tokens the prompt cache holds, in order
         self._weights_bytes = _weights_bytes(model)
+        self._eos = frozenset(getattr(tokenizer, "eos_token_ids", None) or ())
+        self.kv_bits = _kv_bits(plan.kv_type, info.head_dim, model)
         self.last_cached_tokens = 0  # counters the tests and metrics read
         self.last_evaluated_tokens = 0
 
@@ -206,6 +210,9 @@ class MlxEngine:
             sampler=sampler,
             logits_processors=processors or None,
             prompt_cache=self._cache,
+            kv_bits=self.kv_bits,
+            kv_group_size=KV_GROUP,
+            quantized_kv_start=0,  # the planner counted quantized bytes for the whole context
         )
 
     def _run(
@@ -217,23 +224,12 @@ class MlxEngine:
         cached = self._prepare_cache(tokens)
         self.last_cached_tokens, self.last_evaluated_tokens = cached, len(tokens) - cached
         detok, stops, st = self._tokenizer.detokenizer, StopMatcher(sampling.stop), _Stream()
-        eos = set(getattr(self._tokenizer, "eos_token_ids", None) or ())
         steps = self._steps(tokens, cached, sampling)
         try:
             for token_array, logprobs in steps:
                 token = int(token_array)
-                st.first_at = st.first_at or time.perf_counter()
-                st.fed.append(token)  # generate_step has already fed it to the model
-                if cancel.is_set():
-                    st.finish = "cancelled"
+                if not self._accept(st, token, logprobs, sampling, cancel):
                     break
-                if token in eos and not sampling.ignore_eos:
-                    st.finish = "stop"
-                    break
-                st.completion += 1
-                st.pending.append(token)
-                if sampling.logprobs is not None:
-                    st.logprobs.append(float(logprobs[token].item()))
                 detok.add_token(token)
                 text, stopped = stops.feed(detok.last_segment)
                 if text:
@@ -250,6 +246,24 @@ class MlxEngine:
         # Text held back as a possible stop-string start is emitted unless a stop string hit.
         tail, _ = stops.feed(detok.last_segment)
         yield self._final(st, tail + stops.flush(), tokens, cached, start)
+
+    def _accept(
+        self, st: _Stream, token: int, logprobs: Any, s: SamplingParams, cancel: threading.Event
+    ) -> bool:
+        """Count a sampled token; False when it ends the generation instead (cancel, EOS)."""
+        st.first_at = st.first_at or time.perf_counter()
+        st.fed.append(token)  # generate_step has already fed it to the model
+        if cancel.is_set():
+            st.finish = "cancelled"
+            return False
+        if token in self._eos and not s.ignore_eos:
+            st.finish = "stop"
+            return False
+        st.completion += 1
+        st.pending.append(token)
+        if s.logprobs is not None:
+            st.logprobs.append(float(logprobs[token].item()))
+        return True
 
     @staticmethod
     def _chunk(st: _Stream, text: str) -> GenerationChunk:
@@ -335,6 +349,21 @@ def _weights_bytes(model: Any) -> int:
 
     flat: Any = tree_flatten(model.parameters())
     return int(sum(v.nbytes for _, v in flat))
+
+
+def _kv_bits(kv_type: str, head_dim: int, model: Any) -> int | None:
+    """llama.cpp's KV type names (q8_0, q4_0, ...) as mlx-lm's quantized cache bits. Full
+    precision when the type is f16/f32, when the head size does not split into quantization
+    groups, or when some layer's cache cannot be quantized (sliding-window, recurrent)."""
+    from mlx_lm.models.cache import KVCache, make_prompt_cache
+
+    digits = kv_type[1:2] if kv_type.lower().startswith("q") else ""
+    if not digits.isdigit() or int(digits) not in (4, 5, 6, 8):
+        return None
+    cache = make_prompt_cache(model)
+    if head_dim <= 0 or head_dim % KV_GROUP or not all(type(c) is KVCache for c in cache):
+        return None
+    return int(digits)
 
 
 def _with_prefix(processors: list[Any], prefix: list[int]) -> list[Any]:
