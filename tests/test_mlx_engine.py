@@ -112,6 +112,20 @@ def test_logit_bias_steers_the_pick(tiny_mlx_engine: Any) -> None:
     assert text_of(chunks) == "xxxx"
 
 
+def test_a_completion_keeps_the_leading_space_of_its_first_token(tiny_mlx_engine: Any) -> None:
+    (the,) = tiny_mlx_engine.tokenize(" the", special=False)
+    prompt = tiny_mlx_engine.tokenize("Once upon a time there was", special=False)
+    chunks = run(tiny_mlx_engine, prompt, max_tokens=3, temperature=0, logit_bias={the: 100.0})
+    assert text_of(chunks) == " the the the"
+
+
+def test_streamed_pieces_add_up_to_the_decoded_tokens(tiny_mlx_engine: Any) -> None:
+    tokens = prompt_tokens(tiny_mlx_engine, "pieces")
+    chunks = run(tiny_mlx_engine, tokens, max_tokens=60, temperature=1.5, seed=4, ignore_eos=True)
+    ids = [t for c in chunks for t in c.token_ids]
+    assert len(ids) == 60 and text_of(chunks) == tiny_mlx_engine.detokenize(ids)
+
+
 def test_a_stop_string_split_across_tokens_is_never_emitted(tiny_mlx_engine: Any) -> None:
     tokens = prompt_tokens(tiny_mlx_engine, "stop test")
     full = run(tiny_mlx_engine, tokens, max_tokens=40, temperature=0, ignore_eos=True)

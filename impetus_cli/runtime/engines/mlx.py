@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +35,8 @@ from impetus_cli.runtime.types import (
 
 # Penalty processors look back this many tokens (mlx-lm's default context size is 20).
 PENALTY_CONTEXT = 64
+# Prompt tokens the incremental decoder starts from (context for leading spaces).
+DECODE_CONTEXT = 4
 # Quantized KV cache: the group size along the head dimension (mx.quantize accepts 32/64/128).
 KV_GROUP = 32
 
@@ -45,6 +47,36 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
         if a[i] != b[i]:
             return i
     return n
+
+
+class _Decoder:
+    """Incremental detokenization whose pieces add up to what decoding the whole sequence gives.
+
+    Decodes a short window of recent tokens twice (with and without the newest) and emits what
+    grew, holding back incomplete UTF-8. The window starts in the prompt's last tokens, so a
+    first token's leading space survives (mlx-lm's streaming detokenizers strip it, which would
+    glue a raw completion to its prompt).
+    """
+
+    def __init__(self, decode: Callable[[Sequence[int]], str], context: list[int]):
+        self.decode = decode
+        self.tokens = list(context)
+        self.prefix, self.read = 0, len(context)
+
+    def add(self, token: int) -> str:
+        self.tokens.append(token)
+        return self._advance(final=False)
+
+    def finish(self) -> str:
+        return self._advance(final=True)
+
+    def _advance(self, final: bool) -> str:
+        before = self.decode(self.tokens[self.prefix : self.read])
+        after = self.decode(self.tokens[self.prefix :])
+        if len(after) <= len(before) or (after.endswith("\ufffd") and not final):
+            return ""
+        self.prefix, self.read = self.read, len(self.tokens)
+        return after[len(before) :]
 
 
 @dataclass
@@ -112,7 +144,10 @@ class MlxEngine:
         return list(self._tokenizer.encode(text, add_special_tokens=add))
 
     def detokenize(self, tokens: Sequence[int]) -> str:
-        return str(self._tokenizer.decode(list(tokens)))
+        return str(self._tokenizer.decode(list(tokens), clean_up_tokenization_spaces=False))
+
+    def _decoder(self, prompt: list[int]) -> _Decoder:
+        return _Decoder(self.detokenize, prompt[-DECODE_CONTEXT:])
 
     def render(self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec] = ()) -> str:
         from impetus_cli.runtime import templates
@@ -223,15 +258,14 @@ class MlxEngine:
         start = time.perf_counter()
         cached = self._prepare_cache(tokens)
         self.last_cached_tokens, self.last_evaluated_tokens = cached, len(tokens) - cached
-        detok, stops, st = self._tokenizer.detokenizer, StopMatcher(sampling.stop), _Stream()
+        detok, stops, st = self._decoder(tokens), StopMatcher(sampling.stop), _Stream()
         steps = self._steps(tokens, cached, sampling)
         try:
             for token_array, logprobs in steps:
                 token = int(token_array)
                 if not self._accept(st, token, logprobs, sampling, cancel):
                     break
-                detok.add_token(token)
-                text, stopped = stops.feed(detok.last_segment)
+                text, stopped = stops.feed(detok.add(token))
                 if text:
                     yield self._chunk(st, text)
                 if stopped:
@@ -242,9 +276,8 @@ class MlxEngine:
         finally:
             steps.close()
             self._remember(tokens + st.fed)
-        detok.finalize()
         # Text held back as a possible stop-string start is emitted unless a stop string hit.
-        tail, _ = stops.feed(detok.last_segment)
+        tail, _ = stops.feed(detok.finish())
         yield self._final(st, tail + stops.flush(), tokens, cached, start)
 
     def _accept(
