@@ -206,7 +206,11 @@ class GenerationChunk:
     ttft_s: float = 0.0
     reasoning: str = ""
     tool_calls: tuple[ToolCall, ...] = ()
+    # When asked (SamplingParams.logprobs): per entry of token_ids, its log-probability under
+    # the model's distribution (log-softmax of the logits, logit bias applied, before
+    # temperature and truncation), and the top-N alternatives as (token id, logprob), best first.
     logprobs: tuple[float, ...] = ()
+    top_logprobs: tuple[tuple[tuple[int, float], ...], ...] = ()
 
 
 @dataclass(frozen=True)
