@@ -212,6 +212,97 @@ def test_two_conversations_on_two_slots_keep_their_own_prefixes(tiny_gguf: Path)
         engine.close()
 
 
+def test_a_second_session_sharing_the_system_prompt_copies_it_and_keeps_the_first(
+    tiny_gguf: Path,
+) -> None:
+    engine, cold = load(tiny_gguf, n_ctx=512, n_parallel=2), load(tiny_gguf, n_ctx=512)
+    try:
+        system = engine.tokenize(" ".join(["You are a careful coding agent."] * 8))
+        a = system + engine.tokenize(" Session A edits the parser module today", special=False)
+        b = system + engine.tokenize(" Session B writes the release notes", special=False)
+        run(engine, a)
+        b_chunks = run(engine, b)
+        assert b_chunks[-1].cached_tokens >= len(system)  # copied from A's slot, not evaluated
+        assert text_of(b_chunks) == text_of(run(cold, b))  # the copied cells are the right ones
+        a_again = run(engine, a + engine.tokenize(" and its tests", special=False))[-1]
+        assert a_again.cached_tokens == len(a)  # A's own slot was left alone
+    finally:
+        engine.close()
+        cold.close()
+
+
+# -- continuous batching ----------------------------------------------------------------------
+
+
+def test_a_request_joins_while_another_is_generating(tiny_gguf: Path) -> None:
+    engine = load(tiny_gguf, n_ctx=2048, n_parallel=2)
+    finished: list[str] = []
+    started = threading.Event()
+
+    def long_one() -> None:
+        params = SamplingParams(max_tokens=1900, temperature=0, ignore_eos=True)
+        for chunk in engine.generate(chat_tokens(engine, "a long story"), params):
+            started.set()
+            if chunk.finish_reason:
+                finished.append(f"long:{chunk.finish_reason}")
+
+    try:
+        thread = threading.Thread(target=long_one)
+        thread.start()
+        assert started.wait(timeout=60)
+        final = run(engine, chat_tokens(engine, "a short answer"))[-1]
+        finished.append(f"short:{final.finish_reason}")
+        thread.join(timeout=120)
+        # The short request ran beside the long one instead of queueing behind it.
+        assert finished == ["short:length", "long:length"]
+    finally:
+        engine.close()
+
+
+def test_a_slot_is_free_again_when_its_consumer_stops_reading(tiny_gguf: Path) -> None:
+    engine = load(tiny_gguf, n_ctx=2048, n_parallel=1)
+    try:
+        params = SamplingParams(max_tokens=1500, temperature=0, ignore_eos=True)
+        stream = engine.generate(chat_tokens(engine, "never read to the end"), params)
+        next(stream)
+        stream.close()  # what a client hanging up does through the server
+        final = run(engine, chat_tokens(engine, "next one"))[-1]
+        assert final.finish_reason == "length" and final.completion_tokens == 16
+    finally:
+        engine.close()
+
+
+def test_closing_the_engine_ends_a_running_generation_with_an_error(tiny_gguf: Path) -> None:
+    from impetus_cli.errors import EngineError
+
+    engine = load(tiny_gguf, n_ctx=2048, n_parallel=1)
+    params = SamplingParams(max_tokens=1900, temperature=0, ignore_eos=True)
+    stream = engine.generate(chat_tokens(engine, "interrupted"), params)
+    next(stream)
+    engine.close()
+    with pytest.raises(EngineError, match="unloaded"):
+        for _ in stream:
+            pass
+
+
+def test_logprobs_are_a_distribution_and_the_greedy_pick_is_the_best(
+    tiny_gguf_engine: Any,
+) -> None:
+    import math
+
+    params = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True, logprobs=3)
+    chunks = run(tiny_gguf_engine, chat_tokens(tiny_gguf_engine, "probabilities"), params)
+    ids = [t for c in chunks for t in c.token_ids]
+    logprobs = [lp for c in chunks for lp in c.logprobs]
+    tops = [t for c in chunks for t in c.top_logprobs]
+    assert len(ids) == len(logprobs) == len(tops) == 8
+    for token, lp, top in zip(ids, logprobs, tops, strict=True):
+        assert lp <= 0 and len(top) == 3
+        assert [p for _, p in top] == sorted((p for _, p in top), reverse=True)
+        assert top[0][0] == token and math.isclose(top[0][1], lp)
+        assert sum(math.exp(p) for _, p in top) <= 1.0 + 1e-6
+
+
 # -- loading, tokens, memory -------------------------------------------------------------------
 
 

@@ -5,24 +5,23 @@ samples in Python (a 262k vocabulary costs ~40% of decode speed on a small model
 sampler chain samples straight from the context, so per token Python only decodes one token and
 appends one piece of text.
 
-The context holds ``plan.n_parallel`` sequences (``Slot``); each keeps the tokens in its part of
-the KV cache and its own sampler, so a prompt that extends them evaluates only what is new (prefix
-reuse), and a scheduler can later step several slots in one ``llama_decode`` (continuous batching).
+The context holds ``plan.n_parallel`` sequences; llama_batch.py's scheduler steps all of them in
+one ``llama_decode`` per token (continuous batching) and keeps each one's cached prefix for reuse.
+This file loads the model and context, tokenizes and renders, and computes embeddings.
 """
 
 from __future__ import annotations
 
-import codecs
 import ctypes
 import math
 import threading
-import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import replace
 from typing import Any
 
 from impetus_cli.errors import ContextLengthExceeded, CorruptModel, EngineError, ImpetusError
-from impetus_cli.runtime.engines.llama_native import RECENT_ERRORS, Sampler, llama_said, load_lib
+from impetus_cli.runtime.engines.llama_batch import Request, Scheduler
+from impetus_cli.runtime.engines.llama_native import RECENT_ERRORS, llama_said, load_lib
 from impetus_cli.runtime.types import (
     ChatMessage,
     GenerationChunk,
@@ -38,30 +37,11 @@ KV_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 3
 POOLING = {"none": 0, "mean": 1, "cls": 2, "last": 3}
 
 
-@dataclass
-class Slot:
-    """One sequence of the context: its id, the tokens its KV cache holds, and the sampler of
-    the request running on it (None when idle)."""
-
-    seq_id: int
-    tokens: list[int] = field(default_factory=list)
-    sampler: Sampler | None = None
-    last_used: float = 0.0
-
-
 def effective_kv_type(plan: LoadPlan, info: ModelInfo) -> str:
     """The plan's KV cache type, or f16 when llama.cpp cannot use it for this model: quantized
     blocks of 32 must divide the head size."""
     kv_type = plan.kv_type if plan.kv_type in KV_TYPES else "f16"
     return "f16" if kv_type.startswith("q") and info.head_dim % 32 else kv_type
-
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
 
 
 class LlamaEngine:
@@ -73,16 +53,15 @@ class LlamaEngine:
         self._vocab = lib.llama_model_get_vocab(model)
         self._mem = lib.llama_get_memory(ctx)
         self._n_vocab = lib.llama_vocab_n_tokens(self._vocab)
-        self._n_batch = max(1, min(plan.n_batch, lib.llama_n_batch(ctx)))
-        self._batch = lib.llama_batch_init(self._n_batch, 0, 1)
+        self._n_slots = max(1, plan.n_parallel)
         self._piece_buf = ctypes.create_string_buffer(256)
-        self._slots = [Slot(i) for i in range(max(1, plan.n_parallel))]
-        self._lock = threading.Lock()  # one generation at a time on the context, for now
         self._embed_lock = threading.Lock()
         self._embed_ctx: Any = None
         self._closed = False
-        self.last_cached_tokens = 0  # counters the tests and metrics read
+        self.last_cached_tokens = 0  # of the last request admitted: the tests read them
         self.last_evaluated_tokens = 0
+        n_batch = max(1, min(plan.n_batch, lib.llama_n_batch(ctx)))
+        self._scheduler = Scheduler(self, self._n_slots, n_batch)
 
     @classmethod
     def load(cls, plan: LoadPlan, info: ModelInfo) -> LlamaEngine:
@@ -140,7 +119,7 @@ class LlamaEngine:
 
     @property
     def n_ctx(self) -> int:
-        return int(self._lib.llama_n_ctx(self._ctx)) // len(self._slots)
+        return int(self._lib.llama_n_ctx(self._ctx)) // self._n_slots
 
     @property
     def memory_bytes(self) -> int:
@@ -222,132 +201,44 @@ class LlamaEngine:
         sampling: SamplingParams,
         cancel: threading.Event | None = None,
     ) -> Iterator[GenerationChunk]:
+        """Queue the request on the scheduler (llama_batch.py) and stream what it sends back.
+        Cancelling (or closing the stream) stops the request at the next decode step; what the
+        scheduler produced after the cancel is not delivered nor counted."""
         if not tokens:
             raise ImpetusError("The prompt is empty.", param="messages")
         if len(tokens) > self.n_ctx:
             raise ContextLengthExceeded(self.n_ctx, len(tokens))
-        with self._lock:
-            # The slot sharing the longest prefix; among equals the least recently used.
-            slot = max(self._slots, key=lambda s: (common_prefix(s.tokens, tokens), -s.last_used))
-            slot.last_used = time.monotonic()
-            yield from self._run(slot, list(tokens), sampling, cancel or threading.Event())
-
-    def _run(
-        self, slot: Slot, tokens: list[int], sampling: SamplingParams, cancel: threading.Event
-    ) -> Iterator[GenerationChunk]:
-        from impetus_cli.runtime.templates import StopMatcher
-
-        start = time.perf_counter()
-        cached = self._reuse_prefix(slot, tokens)
-        self._evaluate(slot, tokens[cached:])
-        prompt_done = time.perf_counter()
-        evaluated = len(tokens) - cached
-        self.last_cached_tokens, self.last_evaluated_tokens = cached, evaluated
-        slot.sampler = Sampler(self._lib, self._vocab, self._n_vocab, sampling, tokens)
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        stops = StopMatcher(sampling.stop)
         room = self.n_ctx - len(tokens)
         limit = room if sampling.max_tokens is None else min(sampling.max_tokens, room)
-        is_eog, ctx, vocab = self._lib.llama_vocab_is_eog, self._ctx, self._vocab
-        generated, finish, first_at, pending = 0, "length", 0.0, []
+        request = Request(list(tokens), sampling, cancel or threading.Event(), limit)
+        self._scheduler.submit(request)
+        delivered, dropped = 0, False
         try:
-            while generated < limit:
-                if cancel.is_set():
-                    finish = "cancelled"
-                    break
-                token = slot.sampler.sample(ctx)
-                first_at = first_at or time.perf_counter()
-                if is_eog(vocab, token) and not sampling.ignore_eos:
-                    finish = "stop"
-                    break
-                generated += 1
-                pending.append(token)
-                text, stopped = stops.feed(decoder.decode(self._piece(token)))
-                if text:
-                    yield GenerationChunk(text=text, token_ids=tuple(pending))
-                    pending = []
-                if stopped:
-                    finish = "stop"
-                    break
-                if generated < limit:
-                    self._step(slot, token)
+            while True:
+                item = request.out.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if item.finish_reason is None:
+                    if request.cancel.is_set():
+                        dropped = True
+                        continue
+                    delivered += len(item.token_ids)
+                    yield item
+                    continue
+                if dropped or item.finish_reason == "cancelled":
+                    item = replace(
+                        item,
+                        text="",
+                        token_ids=(),
+                        logprobs=(),
+                        top_logprobs=(),
+                        finish_reason="cancelled",
+                        completion_tokens=delivered,
+                    )
+                yield item
+                return
         finally:
-            slot.sampler.free()
-            slot.sampler = None
-        # Text held back as a possible stop-string start is emitted unless a stop string hit.
-        tail = stops.flush() + decoder.decode(b"", final=True)
-        end = time.perf_counter()
-        decode_s = end - (first_at or end)
-        yield GenerationChunk(
-            text=tail if not stops.stopped else "",
-            token_ids=tuple(pending),
-            finish_reason=finish,  # type: ignore[arg-type]
-            prompt_tokens=len(tokens),
-            cached_tokens=cached,
-            completion_tokens=generated,
-            prompt_tps=evaluated / (prompt_done - start) if prompt_done > start else 0.0,
-            generation_tps=(generated - 1) / decode_s if decode_s > 0 and generated > 1 else 0.0,
-            ttft_s=(first_at or end) - start,
-        )
-
-    def _reuse_prefix(self, slot: Slot, tokens: list[int]) -> int:
-        """Keep the longest cached prefix (at least one token is always evaluated, for logits)."""
-        keep = min(common_prefix(slot.tokens, tokens), len(tokens) - 1)
-        lib = self._lib
-        if (
-            keep
-            and self._window_kept(slot, keep)
-            and lib.llama_memory_seq_rm(self._mem, slot.seq_id, keep, -1)
-        ):
-            del slot.tokens[keep:]
-            return keep
-        lib.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
-        slot.tokens.clear()
-        return 0
-
-    def _window_kept(self, slot: Slot, keep: int) -> bool:
-        """Sliding-window layers drop positions older than their window; a prefix ending at
-        ``keep`` is reusable only if the window before it is still cached (as llama-server
-        checks), else the prompt is evaluated from the start."""
-        n_swa = int(self._lib.llama_model_n_swa(self._model))
-        if n_swa <= 0:
-            return True
-        oldest = int(self._lib.llama_memory_seq_pos_min(self._mem, slot.seq_id))
-        return oldest <= max(0, keep - n_swa)
-
-    def _evaluate(self, slot: Slot, new: Sequence[int]) -> None:
-        """Decode ``new`` after the slot's tokens, in n_batch chunks; logits for the last only."""
-        batch, step = self._batch, self._n_batch
-        for start in range(0, len(new), step):
-            chunk = new[start : start + step]
-            batch.n_tokens = len(chunk)
-            base = len(slot.tokens)
-            for i, token in enumerate(chunk):
-                batch.token[i] = token
-                batch.pos[i] = base + i
-                batch.n_seq_id[i] = 1
-                batch.seq_id[i][0] = slot.seq_id
-                batch.logits[i] = 0
-            batch.logits[len(chunk) - 1] = start + len(chunk) == len(new)
-            self._decode()
-            slot.tokens.extend(chunk)
-
-    def _step(self, slot: Slot, token: int) -> None:
-        """One sampled token back into the context: the per-token hot path, kept minimal."""
-        batch = self._batch
-        batch.n_tokens = 1
-        batch.token[0], batch.pos[0], batch.n_seq_id[0] = token, len(slot.tokens), 1
-        batch.seq_id[0][0], batch.logits[0] = slot.seq_id, 1
-        self._decode()
-        slot.tokens.append(token)
-
-    def _decode(self) -> None:
-        code = self._lib.llama_decode(self._ctx, self._batch)
-        if code != 0:
-            raise EngineError(
-                f"llama_decode failed with code {code}.{llama_said()}",
-                "The context may be full: start a new conversation or load a larger --ctx.",
-            )
+            request.abandoned = True
 
     # -- embeddings ---------------------------------------------------------------------------
 
@@ -398,12 +289,12 @@ class LlamaEngine:
         return POOLING["mean"]  # decoder models have none; mean works for any of them
 
     def close(self) -> None:
-        with self._lock, self._embed_lock:
+        with self._embed_lock:
             if self._closed:
                 return
             self._closed = True
+            self._scheduler.close()
             lib = self._lib
-            lib.llama_batch_free(self._batch)
             if self._embed_ctx is not None:
                 lib.llama_free(self._embed_ctx)
             lib.llama_free(self._ctx)

@@ -91,16 +91,39 @@ class Sampler:
             add(lib.llama_sampler_init_temp(s.temperature))
             seed = s.seed if s.seed is not None else int.from_bytes(os.urandom(4), "little")
             add(lib.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        self.logit_bias = dict(s.logit_bias or {})
         self._one = (lib.llama_token_data * 1)()
         self._one_arr = lib.llama_token_data_array(self._one, 1, -1, False)
 
-    def sample(self, ctx: Any) -> int:
-        token = int(self.lib.llama_sampler_sample(self.chain, ctx, -1))
+    def sample(self, ctx: Any, index: int = -1) -> int:
+        """The chain's pick from the logits of batch position ``index`` (-1: the last)."""
+        token = int(self.lib.llama_sampler_sample(self.chain, ctx, index))
         if self.grammar is not None:
             if not self._grammar_allows(token):
-                token = self._resample_with_grammar(ctx)
+                token = self._resample_with_grammar(ctx, index)
             self.lib.llama_sampler_accept(self.grammar, token)
         return token
+
+    def logprobs(
+        self, ctx: Any, index: int, token: int, top: int
+    ) -> tuple[float, tuple[tuple[int, float], ...]]:
+        """``token``'s log-probability and the ``top`` best alternatives, from the logits at
+        ``index`` with the logit bias applied (before temperature and truncation)."""
+        import numpy as np
+
+        raw = np.ctypeslib.as_array(self.lib.llama_get_logits_ith(ctx, index), (self.n_vocab,))
+        logits = raw.astype(np.float64)
+        for tok, bias in self.logit_bias.items():
+            if 0 <= tok < self.n_vocab:
+                logits[tok] += bias
+        peak = logits.max()
+        logits -= peak + math.log(float(np.exp(logits - peak).sum()))
+        best: tuple[tuple[int, float], ...] = ()
+        if top > 0:
+            ids = np.argpartition(-logits, top - 1)[:top]
+            ids = ids[np.argsort(-logits[ids], kind="stable")]
+            best = tuple((int(i), float(logits[i])) for i in ids)
+        return float(logits[token]), best
 
     def _grammar_allows(self, token: int) -> bool:
         self._one[0].id, self._one[0].logit, self._one[0].p = token, 1.0, 0.0
@@ -108,7 +131,7 @@ class Sampler:
         self.lib.llama_sampler_apply(self.grammar, ctypes.byref(self._one_arr))
         return not math.isinf(self._one[0].logit)
 
-    def _resample_with_grammar(self, ctx: Any) -> int:
+    def _resample_with_grammar(self, ctx: Any, index: int) -> int:
         """The full pass: every candidate through the grammar, then the chain's choice."""
         import numpy as np
 
@@ -117,7 +140,7 @@ class Sampler:
         cands = np.empty(self.n_vocab, dtype=dtype)
         cands["id"] = np.arange(self.n_vocab, dtype=np.int32)
         cands["logit"] = np.ctypeslib.as_array(
-            lib.llama_get_logits_ith(ctx, -1), shape=(self.n_vocab,)
+            lib.llama_get_logits_ith(ctx, index), shape=(self.n_vocab,)
         )
         cands["p"] = 0.0
         data = cands.ctypes.data_as(lib.llama_token_data_p)

@@ -1,0 +1,357 @@
+"""Continuous batching on one llama.cpp context: the scheduler behind LlamaEngine.generate.
+
+The context holds ``n_parallel`` sequences (``Slot``). One thread owns it and loops: admit
+waiting requests into free slots, build one ``llama_batch`` with the next token of every slot
+that is generating plus as much of the prompts being evaluated as ``n_batch`` leaves room for,
+decode it once, and sample every slot that got logits. A new request therefore joins between
+two decode steps instead of waiting for the others to finish, and four streams cost about one
+pass over the weights per step instead of four (llama-server works the same way).
+
+Prompt caching: each slot keeps the tokens its part of the KV cache holds, so a prompt that
+extends them evaluates only the new tokens. A request goes to the free slot whose choice evicts
+the fewest cached tokens (``_pick_slot``); when another slot, even a busy one, holds a longer
+prefix of the prompt (the system prompt two agent sessions share), its cells are copied
+(``llama_memory_seq_cp``: in the unified KV cache the copy shares the cells, nothing is evaluated).
+
+The consumer side (``Request.out``) is a queue of chunks read by the thread that called
+``generate``; detokenization and stop strings run here so a finished slot is free at once.
+"""
+
+from __future__ import annotations
+
+import codecs
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from impetus_cli.errors import EngineError, ImpetusError
+from impetus_cli.runtime.engines.llama_native import Sampler, llama_said
+from impetus_cli.runtime.types import GenerationChunk, SamplingParams
+
+# A prefix is copied from another slot only when it saves at least this many tokens.
+MIN_COPY = 16
+
+
+@dataclass(eq=False)
+class Slot:
+    """One sequence of the context: its id, the tokens its KV cache holds, the request on it."""
+
+    seq_id: int
+    tokens: list[int] = field(default_factory=list)
+    request: Request | None = None
+    last_used: float = 0.0
+
+
+@dataclass(eq=False)
+class Request:
+    """One generation, from the queue to its final chunk."""
+
+    tokens: list[int]
+    sampling: SamplingParams
+    cancel: threading.Event
+    limit: int
+    out: queue.SimpleQueue[GenerationChunk | BaseException] = field(
+        default_factory=queue.SimpleQueue
+    )
+    abandoned: bool = False  # the consumer stopped reading
+    slot: Slot | None = None
+    sampler: Sampler | None = None
+    cached: int = 0  # prompt tokens reused from the cache
+    fed: int = 0  # prompt tokens in the cache so far (cached + evaluated)
+    next_token: int = -1  # sampled, goes into the next batch
+    generated: int = 0
+    pending: list[int] = field(default_factory=list)  # token ids not yet sent with text
+    logprobs: list[float] = field(default_factory=list)
+    top_logprobs: list[tuple[tuple[int, float], ...]] = field(default_factory=list)
+    decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
+    stops: Any = None
+    start: float = field(default_factory=time.perf_counter)
+    prompt_done: float = 0.0
+    first_at: float = 0.0
+
+    @property
+    def stopped(self) -> bool:
+        return self.cancel.is_set() or self.abandoned
+
+
+class Scheduler:
+    """Owns the context's decode loop in one thread; requests come in through ``submit``."""
+
+    def __init__(self, engine: Any, n_slots: int, n_batch: int):
+        self.e = engine  # the LlamaEngine: lib, ctx, vocab, memory, piece()
+        self.lib = engine._lib
+        self.slots = [Slot(i) for i in range(n_slots)]
+        self.n_batch = n_batch
+        self.batch = self.lib.llama_batch_init(max(n_batch, n_slots), 0, 1)
+        self.n_swa = int(self.lib.llama_model_n_swa(engine._model))
+        self._waiting: list[Request] = []
+        self._active: list[Request] = []  # admitted, in admission order
+        self._cv = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="impetus-llama", daemon=True)
+        self._thread.start()
+
+    # -- the consumer side ---------------------------------------------------------------------
+
+    def submit(self, request: Request) -> None:
+        with self._cv:
+            if self._closed:
+                raise EngineError("The model was unloaded.", "Send the request again.")
+            self._waiting.append(request)
+            self._cv.notify()
+
+    def close(self) -> None:
+        """Stop the loop (requests still running end with an error) and free the batch."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+        self._thread.join()
+        self.lib.llama_batch_free(self.batch)
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not (self._waiting or self._active or self._closed):
+                    self._cv.wait()
+                if self._closed:
+                    break
+                free = [s for s in self.slots if s.request is None]
+                admit, self._waiting = self._waiting[: len(free)], self._waiting[len(free) :]
+            for request in admit:
+                self._admit(request)
+            if self._active:
+                self._step()
+        gone = EngineError("The model was unloaded while generating.", "Send the request again.")
+        for request in self._active + self._waiting:
+            self._release(request)
+            request.out.put(gone)
+
+    def _admit(self, r: Request) -> None:
+        """Give the request a slot, reuse (or copy in) the longest cached prefix, and set up its
+        sampler; a request that cannot start gets its error through its queue."""
+        if r.stopped:
+            r.out.put(self._final(r, "cancelled"))
+            return
+        slot = self._pick_slot(r.tokens)
+        slot.request, slot.last_used, r.slot = r, time.monotonic(), slot
+        r.cached = r.fed = self._reuse_prefix(slot, r.tokens)
+        self.e.last_cached_tokens = r.cached
+        self.e.last_evaluated_tokens = len(r.tokens) - r.cached
+        from impetus_cli.runtime.templates import StopMatcher
+
+        r.stops = StopMatcher(r.sampling.stop)
+        try:
+            r.sampler = Sampler(self.lib, self.e._vocab, self.e._n_vocab, r.sampling, r.tokens)
+        except ImpetusError as exc:
+            self._release(r)
+            r.out.put(exc)
+            return
+        self._active.append(r)
+
+    def _pick_slot(self, tokens: list[int]) -> Slot:
+        """The free slot whose choice loses the fewest cached tokens. Continuing the slot that
+        shares the longest prefix loses its tokens past that prefix; moving to another slot
+        loses all of that slot's tokens (an empty one loses none), and _reuse_prefix copies
+        the shared prefix over. So a follow-up turn or the next keystroke's autocomplete stays
+        in its slot, while a second agent session that shares only the system prompt takes
+        another slot and leaves the first session's cache alone."""
+        free = [s for s in self.slots if s.request is None]
+        shared = {s.seq_id: common_prefix(s.tokens, tokens) for s in free}
+        best = max(free, key=lambda s: (shared[s.seq_id], -s.last_used))
+        others = [s for s in free if s is not best]
+        if others:
+            victim = min(others, key=lambda s: (len(s.tokens), s.last_used))
+            if len(victim.tokens) < len(best.tokens) - shared[best.seq_id]:
+                return victim
+        return best
+
+    def _reuse_prefix(self, slot: Slot, tokens: list[int]) -> int:
+        """Keep the slot's longest usable prefix, or copy a longer one from another slot; at
+        least one token is always left to evaluate (for its logits)."""
+        limit = len(tokens) - 1
+        own = min(common_prefix(slot.tokens, tokens), limit)
+        if not self._window_kept(slot, own):
+            own = 0
+        donor, best = None, own
+        for other in self.slots:
+            if other is not slot:
+                n = min(common_prefix(other.tokens, tokens), limit)
+                if n >= best + MIN_COPY and self._window_kept(other, n):
+                    donor, best = other, n
+        mem = self.e._mem
+        if donor is not None:
+            self.lib.llama_memory_seq_rm(mem, slot.seq_id, -1, -1)
+            self.lib.llama_memory_seq_cp(mem, donor.seq_id, slot.seq_id, 0, best)
+            slot.tokens = donor.tokens[:best]
+            return best
+        if own and self.lib.llama_memory_seq_rm(mem, slot.seq_id, own, -1):
+            del slot.tokens[own:]
+            return own
+        self.lib.llama_memory_seq_rm(mem, slot.seq_id, -1, -1)
+        slot.tokens.clear()
+        return 0
+
+    def _window_kept(self, slot: Slot, keep: int) -> bool:
+        """Sliding-window layers drop positions older than their window; a prefix ending at
+        ``keep`` is reusable only if the window before it is still cached (as llama-server
+        checks), else the prompt is evaluated from the start."""
+        if self.n_swa <= 0 or keep <= 0:
+            return True
+        oldest = int(self.lib.llama_memory_seq_pos_min(self.e._mem, slot.seq_id))
+        return oldest <= max(0, keep - self.n_swa)
+
+    def _step(self) -> None:
+        """One llama_decode: every generating slot's next token, then prompt chunks."""
+        batch, n = self.batch, 0
+        parts: list[tuple[Request, list[int], int]] = []  # request, tokens added, logits index
+        for r in list(self._active):
+            if r.stopped:
+                self._finish(r, "cancelled")
+            elif r.fed == len(r.tokens):
+                n = self._put(n, r, [r.next_token], logits=True)
+                parts.append((r, [r.next_token], n - 1))
+        for r in self._active:
+            room = self.n_batch - n
+            if r.fed == len(r.tokens) or room <= 0:
+                continue
+            chunk = r.tokens[r.fed : r.fed + room]
+            last = r.fed + len(chunk) == len(r.tokens)
+            n = self._put(n, r, chunk, logits=last)
+            parts.append((r, chunk, n - 1 if last else -1))
+            r.fed += len(chunk)
+        if n == 0:
+            return
+        batch.n_tokens = n
+        code = self.lib.llama_decode(self.e._ctx, batch)
+        if code != 0:
+            self._fail_batch(parts, code)
+            return
+        now = time.perf_counter()
+        for r, added, index in parts:
+            assert r.slot is not None
+            r.slot.tokens.extend(added)
+            if index < 0:
+                continue
+            if not r.prompt_done:
+                r.prompt_done = now
+                if r.limit <= 0:
+                    self._finish(r, "length")
+                    continue
+            self._sample(r, index)
+
+    def _put(self, n: int, r: Request, tokens: list[int], *, logits: bool) -> int:
+        """Append ``tokens`` of ``r``'s sequence to the batch at ``n``; returns the new size."""
+        assert r.slot is not None
+        batch, seq, base = self.batch, r.slot.seq_id, len(r.slot.tokens)
+        for i, token in enumerate(tokens):
+            batch.token[n + i] = token
+            batch.pos[n + i] = base + i
+            batch.n_seq_id[n + i] = 1
+            batch.seq_id[n + i][0] = seq
+            batch.logits[n + i] = 0
+        n += len(tokens)
+        batch.logits[n - 1] = logits
+        return n
+
+    def _sample(self, r: Request, index: int) -> None:
+        """Sample ``r``'s next token from the logits at ``index`` and stream its text."""
+        assert r.sampler is not None
+        ctx = self.e._ctx
+        token = r.sampler.sample(ctx, index)
+        r.first_at = r.first_at or time.perf_counter()
+        if self.lib.llama_vocab_is_eog(self.e._vocab, token) and not r.sampling.ignore_eos:
+            self._finish(r, "stop")
+            return
+        r.generated += 1
+        r.pending.append(token)
+        if r.sampling.logprobs is not None:
+            chosen, top = r.sampler.logprobs(ctx, index, token, r.sampling.logprobs)
+            r.logprobs.append(chosen)
+            r.top_logprobs.append(top)
+        text, stopped = r.stops.feed(r.decoder.decode(self.e._piece(token)))
+        if text:
+            r.out.put(self._chunk(r, text))
+        if stopped:
+            self._finish(r, "stop")
+        elif r.generated >= r.limit:
+            self._finish(r, "length")
+        else:
+            r.next_token = token
+
+    def _chunk(self, r: Request, text: str, **final: Any) -> GenerationChunk:
+        chunk = GenerationChunk(
+            text=text,
+            token_ids=tuple(r.pending),
+            logprobs=tuple(r.logprobs),
+            top_logprobs=tuple(r.top_logprobs),
+            **final,
+        )
+        r.pending, r.logprobs, r.top_logprobs = [], [], []
+        return chunk
+
+    def _finish(self, r: Request, reason: str) -> None:
+        self._release(r)
+        r.out.put(self._final(r, reason))
+
+    def _final(self, r: Request, reason: str) -> GenerationChunk:
+        """The last chunk: text held back as a possible stop-string start (unless a stop
+        string hit), the finish reason and the counters."""
+        tail = ""
+        if r.stops is not None:
+            tail = r.stops.flush() + r.decoder.decode(b"", final=True)
+            tail = "" if r.stops.stopped else tail
+        end = time.perf_counter()
+        evaluated = len(r.tokens) - r.cached
+        prompt_s = (r.prompt_done or end) - r.start
+        decode_s = end - (r.first_at or end)
+        return self._chunk(
+            r,
+            tail,
+            finish_reason=reason,
+            prompt_tokens=len(r.tokens),
+            cached_tokens=r.cached,
+            completion_tokens=r.generated,
+            prompt_tps=evaluated / prompt_s if r.prompt_done and prompt_s > 0 else 0.0,
+            generation_tps=(r.generated - 1) / decode_s
+            if decode_s > 0 and r.generated > 1
+            else 0.0,
+            ttft_s=(r.first_at or end) - r.start,
+        )
+
+    def _release(self, r: Request) -> None:
+        """Free the request's sampler and slot. A prompt cut short leaves the slot's tokens as
+        far as they were evaluated, which is still a valid prefix."""
+        if r in self._active:
+            self._active.remove(r)
+        if r.sampler is not None:
+            r.sampler.free()
+            r.sampler = None
+        if r.slot is not None:
+            r.slot.request = None
+            r.slot = None
+
+    def _fail_batch(self, parts: list[tuple[Request, list[int], int]], code: int) -> None:
+        """A failed decode leaves the cache of its sequences unknown: clear them and fail their
+        requests; the other slots and the server carry on."""
+        error = EngineError(
+            f"llama_decode failed with code {code}.{llama_said()}",
+            "The context may be full: start a new conversation or load a larger --ctx.",
+        )
+        for r in {id(r): r for r, _, _ in parts}.values():
+            if r.slot is not None:
+                self.lib.llama_memory_seq_rm(self.e._mem, r.slot.seq_id, -1, -1)
+                r.slot.tokens.clear()
+            self._release(r)
+            r.out.put(error)
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
