@@ -224,6 +224,16 @@ def detect_format(path: Path) -> Format:
     raise UnsupportedFormat(f"{path} does not exist.", "Check the path, or `impetus list`.")
 
 
+# Architectures whose every N-th layer attends globally and the others over a sliding window, as
+# llama.cpp and mlx-lm build them (their GGUF files give the window, not the pattern).
+SWA_PATTERN = {"gemma2": 2, "gemma3": 6, "gemma3_text": 6, "cohere2": 4}
+
+
+def _swa_layers(arch: str, n_layers: int, window: int, pattern: int | None = None) -> int:
+    every = pattern or SWA_PATTERN.get(arch, 0)
+    return n_layers - n_layers // every if window > 0 and every > 0 else 0
+
+
 def inspect_model(path: Path) -> ModelInfo:
     path = Path(path).expanduser()
     fmt = detect_format(path)
@@ -248,11 +258,13 @@ def _inspect_gguf(path: Path) -> ModelInfo:
     n_params = sum(_product(shape) for _, shape, _ in tensors)
     ftype = meta.get("general.file_type")
     quant = FILE_TYPES.get(int(ftype)) if ftype is not None else None
+    n_layers = int(key("block_count", 0))
+    window = int(key("attention.sliding_window", 0) or 0)
     return ModelInfo(
         path=path,
         format="gguf",
         architecture=arch,
-        n_layers=int(key("block_count", 0)),
+        n_layers=n_layers,
         n_heads=n_heads,
         n_kv_heads=n_kv,
         head_dim=head_dim,
@@ -266,6 +278,8 @@ def _inspect_gguf(path: Path) -> ModelInfo:
         name=meta.get("general.name"),
         bos_token=meta.get("tokenizer.ggml.bos_token"),
         eos_token=meta.get("tokenizer.ggml.eos_token"),
+        sliding_window=window,
+        swa_layers=_swa_layers(arch, n_layers, window),
     )
 
 
@@ -329,11 +343,19 @@ def _inspect_config_dir(path: Path, fmt: Format) -> ModelInfo:
     embd = int(text.get("hidden_size", 0))
     quant = config.get("quantization") or {}
     weights = sum(p.stat().st_size for p in path.glob("*.safetensors"))
+    arch = str(text.get("model_type") or config.get("model_type") or "unknown")
+    n_layers = int(text.get("num_hidden_layers", 0))
+    window = int(text.get("sliding_window") or 0)
+    kinds = text.get("layer_types")
+    if isinstance(kinds, list) and window:
+        swa_layers = sum(1 for k in kinds if k == "sliding_attention")
+    else:
+        swa_layers = _swa_layers(arch, n_layers, window, text.get("sliding_window_pattern"))
     return ModelInfo(
         path=path,
         format=fmt,
-        architecture=str(text.get("model_type") or config.get("model_type") or "unknown"),
-        n_layers=int(text.get("num_hidden_layers", 0)),
+        architecture=arch,
+        n_layers=n_layers,
         n_heads=n_heads,
         n_kv_heads=int(text.get("num_key_value_heads") or n_heads),
         head_dim=int(text.get("head_dim") or embd // max(n_heads, 1)),
@@ -347,6 +369,8 @@ def _inspect_config_dir(path: Path, fmt: Format) -> ModelInfo:
         vocab_size=text.get("vocab_size"),
         chat_template=_tokenizer_template(path),
         name=path.name,
+        sliding_window=window,
+        swa_layers=swa_layers,
     )
 
 

@@ -1,8 +1,8 @@
 """(HardwareProfile, ModelInfo, Settings) -> LoadPlan: how to load a model here, and why.
 
 Pure arithmetic, no I/O. A model costs its weights (the file) + the KV cache for its context
-(2 * layers * kv_heads * head_dim * bytes per element, per token, per parallel sequence) +
-compute buffers. The context is the trained maximum capped by what fits the budget, aiming at
+(2 * layers * kv_heads * head_dim * bytes per element, per token, per parallel sequence; layers
+with a sliding window hold only the window) + compute buffers. The context is the trained maximum capped by what fits the budget, aiming at
 32k tokens because coding agents send 13-18k on their first request.
 """
 
@@ -18,8 +18,10 @@ MIN_CTX = 2048
 KV_ELEMENT_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 
 
-def kv_bytes(info: ModelInfo, n_ctx: int, kv_type: str = "f16", n_parallel: int = 1) -> int:
-    return info.kv_bytes_per_token(KV_ELEMENT_BYTES.get(kv_type, 2.0)) * n_ctx * n_parallel
+def kv_bytes(
+    info: ModelInfo, n_ctx: int, kv_type: str = "f16", n_parallel: int = 1, n_ubatch: int = 512
+) -> int:
+    return info.kv_cache_bytes(n_ctx, n_parallel, KV_ELEMENT_BYTES.get(kv_type, 2.0), n_ubatch)
 
 
 def compute_bytes(info: ModelInfo, n_ctx: int, n_ubatch: int, flash_attn: bool) -> int:
@@ -41,7 +43,7 @@ def estimate_bytes(
 ) -> int:
     return (
         info.file_bytes
-        + kv_bytes(info, n_ctx, kv_type, n_parallel)
+        + kv_bytes(info, n_ctx, kv_type, n_parallel, n_ubatch)
         + compute_bytes(info, n_ctx, n_ubatch, flash_attn)
     )
 
@@ -49,9 +51,13 @@ def estimate_bytes(
 def _largest_ctx(
     info: ModelInfo, budget: int, kv_type: str, n_parallel: int, n_ubatch: int, flash_attn: bool
 ) -> int:
-    """The largest multiple of 256 whose total fits the budget (the total grows with ctx)."""
-    fixed = info.file_bytes + compute_bytes(info, 0, n_ubatch, flash_attn)
-    per_token = info.kv_bytes_per_token(KV_ELEMENT_BYTES.get(kv_type, 2.0)) * n_parallel
+    """The largest multiple of 256 whose total fits the budget (the total grows with ctx; the
+    sliding-window layers' part does not, and is counted at its largest)."""
+    element = KV_ELEMENT_BYTES.get(kv_type, 2.0)
+    per_layer = 2 * info.n_kv_heads * info.head_dim * element
+    swa_bytes = per_layer * info.swa_layers * (info.sliding_window * n_parallel + n_ubatch)
+    fixed = info.file_bytes + compute_bytes(info, 0, n_ubatch, flash_attn) + int(swa_bytes)
+    per_token = int(per_layer * (info.n_layers - info.swa_layers) * n_parallel)
     if not flash_attn:
         per_token += n_ubatch * info.n_heads * 4
     room = budget - fixed
@@ -108,7 +114,7 @@ def plan_load(
         kv_type=kv_type,
         n_parallel=n_parallel,
         weights_bytes=info.file_bytes,
-        kv_bytes=kv_bytes(info, ctx, kv_type, n_parallel),
+        kv_bytes=kv_bytes(info, ctx, kv_type, n_parallel, n_ubatch),
         compute_bytes=compute_bytes(info, ctx, n_ubatch, flash_attn),
         notes=tuple(notes),
     )

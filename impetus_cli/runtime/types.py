@@ -60,10 +60,24 @@ class ModelInfo:
     name: str | None = None
     bos_token: str | None = None
     eos_token: str | None = None
+    # Sliding-window attention (Gemma 2/3): how many layers attend over a window, and its size.
+    sliding_window: int = 0
+    swa_layers: int = 0
 
     def kv_bytes_per_token(self, bytes_per_element: float = 2.0) -> int:
         """K and V for one token across all layers: 2 * layers * kv_heads * head_dim * bytes."""
         return int(2 * self.n_layers * self.n_kv_heads * self.head_dim * bytes_per_element)
+
+    def kv_cache_bytes(
+        self, n_ctx: int, n_parallel: int = 1, bytes_per_element: float = 2.0, n_ubatch: int = 512
+    ) -> int:
+        """The KV cache of ``n_parallel`` sequences of ``n_ctx`` tokens in one unified cache, as
+        llama.cpp and mlx-lm allocate it: full-attention layers hold every token, sliding-window
+        layers only each sequence's window plus one micro-batch."""
+        per_layer = 2 * self.n_kv_heads * self.head_dim * bytes_per_element
+        cells = n_ctx * n_parallel
+        swa = min(cells, self.sliding_window * n_parallel + n_ubatch) if self.swa_layers else 0
+        return int(per_layer * ((self.n_layers - self.swa_layers) * cells + self.swa_layers * swa))
 
 
 @dataclass(frozen=True)

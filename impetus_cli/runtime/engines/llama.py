@@ -124,17 +124,11 @@ class LlamaEngine:
     @property
     def memory_bytes(self) -> int:
         """Weights as llama.cpp holds them + the KV cache it allocated + planned buffers."""
-        per_token = self.info.kv_bytes_per_token(
-            KV_BYTES.get(effective_kv_type(self.plan, self.info), 2.0)
-        )
-        cells = int(self._lib.llama_n_ctx(self._ctx))
+        element = KV_BYTES.get(effective_kv_type(self.plan, self.info), 2.0)
+        kv = self.info.kv_cache_bytes(self.n_ctx, self._n_slots, element, self.plan.n_ubatch)
         if self._embed_ctx is not None:
-            cells += int(self._lib.llama_n_ctx(self._embed_ctx))
-        return (
-            int(self._lib.llama_model_size(self._model))
-            + per_token * cells
-            + self.plan.compute_bytes
-        )
+            kv += self.info.kv_cache_bytes(int(self._lib.llama_n_ctx(self._embed_ctx)), 1, 2.0)
+        return int(self._lib.llama_model_size(self._model)) + kv + self.plan.compute_bytes
 
     @property
     def special_tokens(self) -> dict[str, int]:

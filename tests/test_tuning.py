@@ -1,0 +1,114 @@
+"""The planner as a pure function: (HardwareProfile, ModelInfo, Settings) -> LoadPlan, on captured
+Mac and Linux profiles and model facts shaped like real ones."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from impetus_cli.errors import InsufficientMemory
+from impetus_cli.runtime.config import Settings
+from impetus_cli.runtime.hardware import memory_budget, parse_linux, parse_macos
+from impetus_cli.runtime.inspect import inspect_model
+from impetus_cli.runtime.tuning import estimate_bytes, plan_load
+from impetus_cli.runtime.types import LocalModel, ModelInfo
+
+DATA = Path(__file__).parent / "data"
+GB = 1024**3
+
+# Qwen2.5-Coder-7B Q4_K_M as its GGUF describes it: 28 layers, 4 KV heads of 128.
+QWEN_7B = ModelInfo(
+    path=Path("qwen2.5-coder-7b-instruct-q4_k_m.gguf"),
+    format="gguf",
+    architecture="qwen2",
+    n_layers=28,
+    n_heads=28,
+    n_kv_heads=4,
+    head_dim=128,
+    embedding_length=3584,
+    context_length=32768,
+    file_bytes=4_680_000_000,
+    vocab_size=152064,
+)
+
+
+def mac(key: str):  # type: ignore[no-untyped-def]
+    return parse_macos(
+        (DATA / "macos" / f"{key}.sysctl.txt").read_text(),
+        (DATA / "macos" / f"{key}.system_profiler.json").read_text(),
+    )
+
+
+def linux():  # type: ignore[no-untyped-def]
+    return parse_linux((DATA / "linux" / "epyc.cpuinfo.txt").read_text(), 24 * GB, 2, 2)
+
+
+def plan(info: ModelInfo, hw, settings: Settings | None = None, budget: int | None = None):  # type: ignore[no-untyped-def]
+    settings = settings or Settings()
+    model = LocalModel(name="m", format=info.format, path=info.path, origin="path", size_bytes=1)
+    return plan_load(model, info, hw, settings, budget or memory_budget(hw, settings))
+
+
+def test_a_mac_puts_every_layer_on_the_gpu_and_threads_on_performance_cores() -> None:
+    hw = mac("m2-max")
+    p = plan(QWEN_7B, hw)
+    assert p.n_gpu_layers == QWEN_7B.n_layers + 1 and p.n_threads == hw.performance_cores == 8
+    assert p.n_ctx == 32768 and p.flash_attn and p.n_batch == 2048
+    assert any("GPU" in note for note in p.notes)
+
+
+def test_linux_runs_on_the_cpu_with_its_physical_cores() -> None:
+    p = plan(QWEN_7B, linux())
+    assert p.n_gpu_layers == 0 and p.n_threads == 2 and p.n_batch == 512
+    assert "CPU only: no GPU layers" in p.notes
+
+
+def test_a_tight_budget_caps_the_context_and_says_so() -> None:
+    budget = int(QWEN_7B.file_bytes + 1.2 * GB)
+    p = plan(QWEN_7B, linux(), budget=budget)
+    assert 2048 <= p.n_ctx < 32768 and p.n_ctx % 256 == 0
+    assert p.total_bytes <= budget and p.n_parallel == 1
+    assert any("below the 32768 agents want" in note for note in p.notes)
+
+
+def test_a_model_that_cannot_fit_names_what_it_needs() -> None:
+    with pytest.raises(InsufficientMemory, match=r"needs .* GB"):
+        plan(QWEN_7B, linux(), budget=QWEN_7B.file_bytes)
+
+
+def test_an_asked_context_is_capped_by_the_trained_maximum() -> None:
+    p = plan(QWEN_7B, linux(), Settings(ctx=100_000, parallel=1))
+    assert p.n_ctx == 32768 and any("trained maximum" in note for note in p.notes)
+
+
+def test_a_quantized_kv_cache_without_flash_attention_falls_back_to_f16() -> None:
+    p = plan(QWEN_7B, linux(), Settings(kv_type="q8_0", flash_attn=False))
+    assert p.kv_type == "f16" and not p.flash_attn
+
+
+def test_parallel_sequences_follow_the_budget() -> None:
+    # 57 KB of KV per token: four 32k conversations (12 GB in all) fit half of a 96 GB Mac's
+    # budget, two (8.4 GB) half of this 24 GB machine's 17 GB.
+    assert plan(QWEN_7B, mac("m2-max")).n_parallel == 4
+    assert plan(QWEN_7B, linux()).n_parallel == 2
+    small = plan(QWEN_7B, linux(), budget=int(QWEN_7B.file_bytes + 3 * GB))
+    assert small.n_parallel == 1
+
+
+def test_sliding_window_layers_hold_only_their_window(gemma_gguf: Path) -> None:
+    info = inspect_model(gemma_gguf)
+    assert (info.sliding_window, info.swa_layers) == (512, 15)  # 5 of every 6 layers
+    per_layer_token = 2 * info.n_kv_heads * info.head_dim * 2
+    p = plan(info, linux(), Settings(ctx=8192, parallel=4))
+    assert p.kv_bytes == per_layer_token * (3 * 8192 * 4 + 15 * (512 * 4 + 512))
+    no_window = replace(info, swa_layers=0)
+    assert p.kv_bytes < plan(no_window, linux(), Settings(ctx=8192, parallel=4)).kv_bytes / 4
+
+
+def test_the_estimate_grows_with_context_and_sequences() -> None:
+    small = estimate_bytes(QWEN_7B, 4096)
+    assert estimate_bytes(QWEN_7B, 8192) > small
+    assert estimate_bytes(QWEN_7B, 4096, n_parallel=2) > small
+    assert estimate_bytes(QWEN_7B, 4096, kv_type="q8_0") < small
