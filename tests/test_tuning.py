@@ -112,3 +112,11 @@ def test_the_estimate_grows_with_context_and_sequences() -> None:
     assert estimate_bytes(QWEN_7B, 8192) > small
     assert estimate_bytes(QWEN_7B, 4096, n_parallel=2) > small
     assert estimate_bytes(QWEN_7B, 4096, kv_type="q8_0") < small
+
+
+def test_the_prompt_cache_directory_is_planned_only_when_asked(tmp_path: Path) -> None:
+    from impetus_cli.runtime.config import load_settings
+
+    assert plan(QWEN_7B, linux(), Settings(home=tmp_path)).prompt_cache_dir is None
+    settings = load_settings({}, env={"IMPETUS_HOME": str(tmp_path), "IMPETUS_PROMPT_CACHE": "1"})
+    assert plan(QWEN_7B, linux(), settings).prompt_cache_dir == tmp_path / "prompt-cache"

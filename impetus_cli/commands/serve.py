@@ -52,6 +52,13 @@ def serve(
     cors_origin: Annotated[
         list[str] | None, typer.Option(help="Allow browser requests from this origin.")
     ] = None,
+    prompt_cache: Annotated[
+        bool | None,
+        typer.Option(
+            "--prompt-cache/--no-prompt-cache",
+            help="Save cached prompts to disk at unload, reuse them after a restart (GGUF).",
+        ),
+    ] = None,
 ) -> None:
     """Serve local models to Cline, Continue and any OpenAI client."""
     from impetus_cli.runtime.config import load_settings
@@ -67,6 +74,7 @@ def serve(
             "keep_alive": keep_alive,
             "api_key": api_key,
             "cors_origins": cors_origin or None,
+            "prompt_cache": prompt_cache,
         }
     )
     if not _loopback(settings.host) and not settings.api_key:

@@ -39,7 +39,7 @@ class Settings:
     min_ctx: int = 32768  # the context the planner aims for (agents send 13-18k tokens)
     kv_type: str = "f16"
     flash_attn: bool | None = None  # None: automatic
-    prompt_cache_dir: Path | None = None
+    prompt_cache: bool = False  # save GGUF models' cached prompts to disk at unload
     ollama_models: Path = field(default_factory=lambda: Path("~/.ollama/models").expanduser())
     lmstudio_models: Path = field(default_factory=lambda: Path("~/.lmstudio/models").expanduser())
     discover: bool = True  # list other tools' models too
@@ -51,6 +51,10 @@ class Settings:
     @property
     def bench_dir(self) -> Path:
         return self.home / "bench"
+
+    @property
+    def prompt_cache_dir(self) -> Path:
+        return self.home / "prompt-cache"
 
     @property
     def logs_dir(self) -> Path:

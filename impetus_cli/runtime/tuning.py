@@ -117,6 +117,7 @@ def plan_load(
         kv_bytes=kv_bytes(info, ctx, kv_type, n_parallel, n_ubatch),
         compute_bytes=compute_bytes(info, ctx, n_ubatch, flash_attn),
         notes=tuple(notes),
+        prompt_cache_dir=settings.prompt_cache_dir if settings.prompt_cache else None,
     )
 
 

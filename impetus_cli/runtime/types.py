@@ -120,6 +120,7 @@ class LoadPlan:
     kv_bytes: int
     compute_bytes: int
     notes: tuple[str, ...] = ()
+    prompt_cache_dir: Path | None = None  # where the KV cache is saved at unload (GGUF)
 
     @property
     def total_bytes(self) -> int:

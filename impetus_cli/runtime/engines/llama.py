@@ -13,6 +13,7 @@ This file loads the model and context, tokenizes and renders, and computes embed
 from __future__ import annotations
 
 import ctypes
+import logging
 import math
 import threading
 from collections.abc import Iterator, Sequence
@@ -21,6 +22,7 @@ from typing import Any
 
 from impetus_cli.errors import ContextLengthExceeded, CorruptModel, EngineError, ImpetusError
 from impetus_cli.runtime.engines.llama_batch import Request, Scheduler
+from impetus_cli.runtime.engines.llama_cache import DiskCache
 from impetus_cli.runtime.engines.llama_native import RECENT_ERRORS, llama_said, load_lib
 from impetus_cli.runtime.types import (
     ChatMessage,
@@ -30,6 +32,8 @@ from impetus_cli.runtime.types import (
     SamplingParams,
     ToolSpec,
 )
+
+log = logging.getLogger("impetus.llama")
 
 # KV cache type names -> ggml_type, and their bytes per element (blocks of 32 for q*_0).
 KV_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "bf16": 30}
@@ -61,7 +65,12 @@ class LlamaEngine:
         self.last_cached_tokens = 0  # of the last request admitted: the tests read them
         self.last_evaluated_tokens = 0
         n_batch = max(1, min(plan.n_batch, lib.llama_n_batch(ctx)))
-        self._scheduler = Scheduler(self, self._n_slots, n_batch)
+        self._disk: DiskCache | None = None
+        if plan.prompt_cache_dir is not None:
+            n_swa = int(lib.llama_model_n_swa(model))
+            kv_type = effective_kv_type(plan, info)
+            self._disk = DiskCache(plan.prompt_cache_dir, info, kv_type, n_swa)
+        self._scheduler = Scheduler(self, self._n_slots, n_batch, self._disk)
 
     @classmethod
     def load(cls, plan: LoadPlan, info: ModelInfo) -> LlamaEngine:
@@ -289,6 +298,11 @@ class LlamaEngine:
             self._closed = True
             self._scheduler.close()
             lib = self._lib
+            if self._disk is not None:
+                try:
+                    self._disk.save(lib, self._ctx, self._mem, self._scheduler.slots)
+                except OSError as exc:  # a full disk must not stop an unload
+                    log.warning("could not save the prompt cache: %s", exc)
             if self._embed_ctx is not None:
                 lib.llama_free(self._embed_ctx)
             lib.llama_free(self._ctx)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from impetus_cli.errors import EngineError, ImpetusError
+from impetus_cli.runtime.engines.llama_cache import DiskCache
 from impetus_cli.runtime.engines.llama_native import Sampler, llama_said
 from impetus_cli.runtime.types import GenerationChunk, SamplingParams
 
@@ -79,8 +80,9 @@ class Request:
 class Scheduler:
     """Owns the context's decode loop in one thread; requests come in through ``submit``."""
 
-    def __init__(self, engine: Any, n_slots: int, n_batch: int):
+    def __init__(self, engine: Any, n_slots: int, n_batch: int, disk: DiskCache | None = None):
         self.e = engine  # the LlamaEngine: lib, ctx, vocab, memory, piece()
+        self.disk = disk
         self.lib = engine._lib
         self.slots = [Slot(i) for i in range(n_slots)]
         self.n_batch = n_batch
@@ -183,6 +185,8 @@ class Scheduler:
                 if n >= best + MIN_COPY and self._window_kept(other, n):
                     donor, best = other, n
         mem = self.e._mem
+        if self.disk is not None and self._restore(slot, tokens, limit, best):
+            return min(len(slot.tokens), limit)
         if donor is not None:
             self.lib.llama_memory_seq_rm(mem, slot.seq_id, -1, -1)
             self.lib.llama_memory_seq_cp(mem, donor.seq_id, slot.seq_id, 0, best)
@@ -194,6 +198,23 @@ class Scheduler:
         self.lib.llama_memory_seq_rm(mem, slot.seq_id, -1, -1)
         slot.tokens.clear()
         return 0
+
+    def _restore(self, slot: Slot, tokens: list[int], limit: int, best: int) -> bool:
+        """Load the disk entry sharing the longest prefix into ``slot`` when it beats ``best``
+        by MIN_COPY tokens, and trim it to that prefix."""
+        assert self.disk is not None
+        entry, n = self.disk.best(tokens, limit)
+        if entry is None or n < best + MIN_COPY:
+            return False
+        self.lib.llama_memory_seq_rm(self.e._mem, slot.seq_id, -1, -1)
+        slot.tokens = []
+        restored = self.disk.load(self.lib, self.e._ctx, slot.seq_id, entry)
+        if restored is None:
+            self.lib.llama_memory_seq_rm(self.e._mem, slot.seq_id, -1, -1)
+            return False
+        self.lib.llama_memory_seq_rm(self.e._mem, slot.seq_id, n, -1)
+        slot.tokens = restored[:n]
+        return True
 
     def _window_kept(self, slot: Slot, keep: int) -> bool:
         """Sliding-window layers drop positions older than their window; a prefix ending at
