@@ -149,12 +149,11 @@ class Store:
         import difflib
 
         suggestions = tuple(difflib.get_close_matches(name, available, n=3, cutoff=0.4))
-        hint = f"Did you mean {', '.join(suggestions)}? " if suggestions else ""
-        return ModelNotFound(
-            f"Model {name!r} is not installed.",
-            hint + f"Pull it with `impetus pull {name}`; `impetus list` shows what is here.",
-            suggestions=suggestions,
-        )
+        if suggestions:
+            hint = f"Did you mean {', '.join(suggestions)}? `impetus list` shows what is here."
+        else:
+            hint = f"Pull it with `impetus pull {name}`; `impetus list` shows what is here."
+        return ModelNotFound(f"Model {name!r} is not installed.", hint, suggestions=suggestions)
 
     def add(self, model: LocalModel) -> None:
         atomic_write_json(_manifest_file(self.settings, model.name), _to_json(model))
