@@ -299,3 +299,18 @@ def test_embeddings_are_normalised_vectors_of_the_hidden_size(tiny_mlx_engine: A
     assert [len(v) for v in vectors] == [64, 64, 64]
     assert all(abs(sum(x * x for x in v) - 1) < 1e-4 for v in vectors)
     assert vectors[0] != vectors[1] and vectors[0] == pytest.approx(vectors[2], abs=1e-6)
+
+
+def test_top_logprobs_are_sorted_and_led_by_the_greedy_pick(tiny_mlx_engine: Any) -> None:
+    import math
+
+    tokens = prompt_tokens(tiny_mlx_engine, "top")
+    chunks = run(tiny_mlx_engine, tokens, max_tokens=6, temperature=0, ignore_eos=True, logprobs=4)
+    ids = [t for c in chunks for t in c.token_ids]
+    chosen = [lp for c in chunks for lp in c.logprobs]
+    tops = [t for c in chunks for t in c.top_logprobs]
+    assert len(ids) == len(chosen) == len(tops) == 6
+    for token, lp, top in zip(ids, chosen, tops, strict=True):
+        values = [p for _, p in top]
+        assert len(top) == 4 and values == sorted(values, reverse=True)
+        assert top[0][0] == token and math.isclose(top[0][1], lp, rel_tol=1e-5)

@@ -338,3 +338,75 @@ def test_health_and_metrics(tiny_server: str) -> None:
 def test_unknown_route_is_a_json_404(tiny_server: str) -> None:
     status, _, raw = raw_post(tiny_server, "/v1/nothing", {})
     assert status == 404 and json.loads(raw)["error"]["code"] == "not_found"
+
+
+# -- logprobs, cached tokens, timings ---------------------------------------------------------
+
+
+def test_chat_logprobs_streamed_and_not(tiny_server: str) -> None:
+    import math
+
+    messages = [{"role": "user", "content": "log probabilities"}]
+    ask = {"max_tokens": 6, "temperature": 0, "logprobs": True, "top_logprobs": 3}
+    reply = client(tiny_server).chat.completions.create(model="tiny", messages=messages, **ask)
+    content = reply.choices[0].logprobs.content
+    assert 1 <= len(content) <= reply.usage.completion_tokens
+    for entry in content:
+        assert entry.logprob <= 0 and bytes(entry.bytes).decode("utf-8", "replace") == entry.token
+        tops = [t.logprob for t in entry.top_logprobs]
+        assert len(tops) == 3 and tops == sorted(tops, reverse=True)
+        assert entry.top_logprobs[0].token == entry.token  # greedy: the pick is the best
+        assert math.isclose(entry.top_logprobs[0].logprob, entry.logprob)
+    assert "".join(e.token for e in content) == reply.choices[0].message.content
+    stream = client(tiny_server).chat.completions.create(
+        model="tiny", messages=messages, stream=True, **ask
+    )
+    streamed = [
+        e
+        for c in stream
+        if c.choices and c.choices[0].logprobs
+        for e in c.choices[0].logprobs.content
+    ]
+    assert [e.token for e in streamed] == [e.token for e in content]
+
+
+def test_top_logprobs_without_logprobs_is_a_400(tiny_server: str) -> None:
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}
+    status, _, raw = raw_post(tiny_server, "/v1/chat/completions", body)
+    assert status == 400 and json.loads(raw)["error"]["param"] == "top_logprobs"
+
+
+def test_completion_logprobs_have_the_legacy_shape(tiny_server: str) -> None:
+    reply = client(tiny_server).completions.create(
+        model="tiny", prompt="one two three", max_tokens=5, temperature=0, logprobs=2
+    )
+    lp = reply.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset)
+    assert all(len(top) <= 2 for top in lp.top_logprobs) and lp.text_offset[0] == 0
+    assert "".join(lp.tokens) == reply.choices[0].text
+
+
+def test_a_follow_up_reports_its_cached_prompt_tokens(tiny_server: str) -> None:
+    messages = [{"role": "system", "content": CLINE_SYSTEM}, {"role": "user", "content": "hi"}]
+    c = client(tiny_server)
+    first = c.chat.completions.create(model="tiny", messages=messages, max_tokens=4, temperature=0)
+    messages += [
+        {"role": "assistant", "content": first.choices[0].message.content or ""},
+        {"role": "user", "content": "and then?"},
+    ]
+    stream = c.chat.completions.create(
+        model="tiny",
+        messages=messages,
+        max_tokens=4,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    usage = chunks[-1].usage
+    assert usage.prompt_tokens_details.cached_tokens >= first.usage.prompt_tokens - 8
+    timings = next(
+        c.model_extra["timings"] for c in chunks if c.choices and c.choices[0].finish_reason
+    )
+    assert timings["cache_n"] == usage.prompt_tokens_details.cached_tokens
+    assert timings["prompt_n"] == usage.prompt_tokens - timings["cache_n"]

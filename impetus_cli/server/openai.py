@@ -14,7 +14,7 @@ import re
 import struct
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from impetus_cli.errors import ImpetusError
@@ -85,7 +85,21 @@ def model_id(body: Mapping[str, Any]) -> str:
     return model.strip()
 
 
-def sampling(body: Mapping[str, Any]) -> SamplingParams:
+def _logprobs(body: Mapping[str, Any], legacy: bool) -> int | None:
+    """How many alternatives per token to report, or None for no logprobs. Chat asks with
+    ``logprobs: true`` + ``top_logprobs: N``; the legacy completions API with ``logprobs: N``."""
+    if legacy:
+        return _int(body, "logprobs", 0, 20)
+    asked = body.get("logprobs")
+    if asked is not None and not isinstance(asked, bool):
+        raise bad("'logprobs' must be a boolean.", "logprobs")
+    top = _int(body, "top_logprobs", 0, 20)
+    if top is not None and not asked:
+        raise bad("'top_logprobs' needs 'logprobs': true.", "top_logprobs")
+    return (top or 0) if asked else None
+
+
+def sampling(body: Mapping[str, Any], *, legacy: bool = False) -> SamplingParams:
     if _int(body, "n", 1, 128) not in (None, 1):
         raise bad("Only n=1 is supported.", "n")
     max_tokens = _int(body, "max_completion_tokens", 0, 10_000_000)
@@ -117,7 +131,7 @@ def sampling(body: Mapping[str, Any]) -> SamplingParams:
         seed=seed,
         stop=stops,
         logit_bias=_logit_bias(body.get("logit_bias")),
-        logprobs=_int(body, "top_logprobs", 0, 20) if body.get("logprobs") else None,
+        logprobs=_logprobs(body, legacy),
     )
 
 
@@ -309,7 +323,7 @@ def completion_request(body: Any) -> CompletionRequest:
     return CompletionRequest(
         model=model_id(body),
         prompt=prompt,
-        sampling=sampling(body),
+        sampling=sampling(body, legacy=True),
         suffix=suffix or None,
         keep_alive=keep_alive(body),
     )
@@ -339,12 +353,86 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
-def usage(prompt: int, completion: int) -> dict[str, int]:
+def usage(prompt: int, completion: int, cached: int = 0) -> dict[str, Any]:
+    """OpenAI's usage, with the prompt tokens served from the cache as OpenAI reports them."""
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached},
     }
+
+
+def timings(final: GenerationChunk | None) -> dict[str, Any]:
+    """llama-server's ``timings`` object (Continue and others show it): tokens taken from the
+    cache, evaluated, and generated, with their speeds."""
+    f = final or GenerationChunk()
+    evaluated = f.prompt_tokens - f.cached_tokens
+    return {
+        "cache_n": f.cached_tokens,
+        "prompt_n": evaluated,
+        "prompt_ms": round(1000 * evaluated / f.prompt_tps, 3) if f.prompt_tps else 0.0,
+        "prompt_per_second": round(f.prompt_tps, 3),
+        "predicted_n": f.completion_tokens,
+        "predicted_ms": round(1000 * f.completion_tokens / f.generation_tps, 3)
+        if f.generation_tps
+        else 0.0,
+        "predicted_per_second": round(f.generation_tps, 3),
+        "ttft_ms": round(1000 * f.ttft_s, 3),
+    }
+
+
+TokenBytes = Callable[[int], bytes]
+
+
+def _token(token: int, logprob: float, piece: TokenBytes) -> dict[str, Any]:
+    raw = piece(token)
+    return {
+        "token": raw.decode("utf-8", "replace"),
+        "logprob": logprob,
+        "bytes": list(raw),
+    }
+
+
+def chat_logprobs(chunks: Sequence[GenerationChunk], piece: TokenBytes) -> dict[str, Any]:
+    """``choices[].logprobs`` of the chat API for the tokens of ``chunks``."""
+    content = []
+    for chunk in chunks:
+        for token, lp, top in zip(
+            chunk.token_ids, chunk.logprobs, chunk.top_logprobs or _none(chunk), strict=False
+        ):
+            entry = _token(token, lp, piece)
+            entry["top_logprobs"] = [_token(t, p, piece) for t, p in top]
+            content.append(entry)
+    return {"content": content}
+
+
+def completion_logprobs(
+    chunks: Sequence[GenerationChunk], piece: TokenBytes, offset: int = 0
+) -> dict[str, Any]:
+    """``choices[].logprobs`` of the legacy completions API; ``offset``: characters of text
+    before these tokens (``text_offset`` counts from the start of the completion)."""
+    tokens, values, tops, offsets = [], [], [], []
+    for chunk in chunks:
+        for token, lp, top in zip(
+            chunk.token_ids, chunk.logprobs, chunk.top_logprobs or _none(chunk), strict=False
+        ):
+            text = piece(token).decode("utf-8", "replace")
+            tokens.append(text)
+            values.append(lp)
+            tops.append({piece(t).decode("utf-8", "replace"): p for t, p in top})
+            offsets.append(offset)
+            offset += len(text)
+    return {
+        "tokens": tokens,
+        "token_logprobs": values,
+        "top_logprobs": tops,
+        "text_offset": offsets,
+    }
+
+
+def _none(chunk: GenerationChunk) -> list[tuple[tuple[int, float], ...]]:
+    return [()] * len(chunk.logprobs)
 
 
 def tool_call_json(call: ToolCall) -> dict[str, Any]:
@@ -361,45 +449,58 @@ def chat_completion(
     text: str,
     calls: Sequence[ToolCall],
     finish: str,
+    final: GenerationChunk | None,
     prompt: int,
-    completion: int,
     reasoning: str = "",
+    logprobs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": (text or None) if calls else text}
     if calls:
         message["tool_calls"] = [tool_call_json(c) for c in calls]
     if reasoning:
         message["reasoning_content"] = reasoning
+    f = final or GenerationChunk()
     return {
         "id": rid,
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
-        "usage": usage(prompt, completion),
+        "choices": [
+            {"index": 0, "message": message, "logprobs": logprobs, "finish_reason": finish}
+        ],
+        "usage": usage(prompt, f.completion_tokens, f.cached_tokens),
+        "timings": timings(final),
     }
 
 
 def chat_chunk(
-    rid: str, model: str, delta: dict[str, Any], finish: str | None = None
+    rid: str,
+    model: str,
+    delta: dict[str, Any],
+    finish: str | None = None,
+    logprobs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     return {
         "id": rid,
         "object": "chat.completion.chunk",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
     }
 
 
-def usage_chunk(rid: str, model: str, obj: str, prompt: int, completion: int) -> dict[str, Any]:
+def usage_chunk(
+    rid: str, model: str, obj: str, prompt: int, final: GenerationChunk | None
+) -> dict[str, Any]:
+    f = final or GenerationChunk()
     return {
         "id": rid,
         "object": obj,
         "created": int(time.time()),
         "model": model,
         "choices": [],
-        "usage": usage(prompt, completion),
+        "usage": usage(prompt, f.completion_tokens, f.cached_tokens),
+        "timings": timings(final),
     }
 
 
@@ -426,25 +527,39 @@ def tool_call_deltas(calls: Sequence[ToolCall], first_index: int) -> list[dict[s
 
 
 def text_completion(
-    rid: str, model: str, text: str, finish: str, prompt: int, completion: int
+    rid: str,
+    model: str,
+    text: str,
+    finish: str,
+    final: GenerationChunk | None,
+    prompt: int,
+    logprobs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    f = final or GenerationChunk()
+    return {
+        "id": rid,
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}],
+        "usage": usage(prompt, f.completion_tokens, f.cached_tokens),
+        "timings": timings(final),
+    }
+
+
+def text_chunk(
+    rid: str,
+    model: str,
+    text: str,
+    finish: str | None = None,
+    logprobs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     return {
         "id": rid,
         "object": "text_completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
-        "usage": usage(prompt, completion),
-    }
-
-
-def text_chunk(rid: str, model: str, text: str, finish: str | None = None) -> dict[str, Any]:
-    return {
-        "id": rid,
-        "object": "text_completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
+        "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}],
     }
 
 

@@ -123,34 +123,39 @@ def _include_usage(body: Any) -> bool:
     return isinstance(options, dict) and options.get("include_usage") is True
 
 
+def _token_bytes(gen: Generation) -> openai.TokenBytes:
+    """How a token id becomes its bytes, for logprobs."""
+    engine = gen.entry.engine
+    piece = getattr(engine, "token_bytes", None)
+    return piece if callable(piece) else lambda t: engine.detokenize([t]).encode("utf-8")
+
+
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
     req = openai.chat_request(body)
     cancel = threading.Event()
     gen = await blocking(request, request.app[MANAGER].start_chat, req, cancel)
     rid = openai.new_id("chatcmpl")
+    want_logprobs = req.sampling.logprobs is not None
     if body.get("stream") is not True:
         text, reasoning, final = "", "", None
         calls: list[ToolCall] = []
+        chunks: list[GenerationChunk] = []
         async for chunk in pump(request, gen, cancel):
             text, reasoning = text + chunk.text, reasoning + chunk.reasoning
             calls += chunk.tool_calls
             final = chunk if chunk.finish_reason else final
+            if want_logprobs:
+                chunks.append(chunk)
         _log(request, req.model, gen.prompt_tokens, final)
         reason = openai.finish_reason(final) if final else "stop"
+        logprobs = openai.chat_logprobs(chunks, _token_bytes(gen)) if want_logprobs else None
         return web.json_response(
             openai.chat_completion(
-                rid,
-                req.model,
-                text,
-                calls,
-                reason,
-                gen.prompt_tokens,
-                final.completion_tokens if final else 0,
-                reasoning,
+                rid, req.model, text, calls, reason, final, gen.prompt_tokens, reasoning, logprobs
             )
         )
-    return await _stream_chat(request, gen, cancel, rid, req.model, _include_usage(body))
+    return await _stream_chat(request, gen, cancel, rid, req.model, body, want_logprobs)
 
 
 async def _stream_chat(
@@ -159,11 +164,13 @@ async def _stream_chat(
     cancel: threading.Event,
     rid: str,
     model: str,
-    include_usage: bool,
+    body: Any,
+    want_logprobs: bool,
 ) -> web.StreamResponse:
     response = await sse.open_stream(request)
     final: GenerationChunk | None = None
     n_calls = 0
+    piece = _token_bytes(gen)
     try:
         await sse.send(
             response, openai.chat_chunk(rid, model, {"role": "assistant", "content": ""})
@@ -173,22 +180,23 @@ async def _stream_chat(
                 await sse.send(
                     response, openai.chat_chunk(rid, model, {"reasoning_content": chunk.reasoning})
                 )
-            if chunk.text:
-                await sse.send(response, openai.chat_chunk(rid, model, {"content": chunk.text}))
+            logprobs = openai.chat_logprobs([chunk], piece) if chunk.logprobs else None
+            if chunk.text or logprobs:
+                delta = {"content": chunk.text}
+                await sse.send(response, openai.chat_chunk(rid, model, delta, None, logprobs))
             for delta in openai.tool_call_deltas(chunk.tool_calls, n_calls):
                 await sse.send(response, openai.chat_chunk(rid, model, delta))
             n_calls += len(chunk.tool_calls)
             final = chunk if chunk.finish_reason else final
         reason = openai.finish_reason(final) if final else "stop"
-        await sse.send(response, openai.chat_chunk(rid, model, {}, reason))
-        if include_usage:
-            completion = final.completion_tokens if final else 0
-            await sse.send(
-                response,
-                openai.usage_chunk(
-                    rid, model, "chat.completion.chunk", gen.prompt_tokens, completion
-                ),
+        last = openai.chat_chunk(rid, model, {}, reason)
+        last["timings"] = openai.timings(final)
+        await sse.send(response, last)
+        if _include_usage(body):
+            usage = openai.usage_chunk(
+                rid, model, "chat.completion.chunk", gen.prompt_tokens, final
             )
+            await sse.send(response, usage)
         await sse.done(response)
     except (ConnectionResetError, ConnectionError):
         cancel.set()  # the client hung up; pump's cleanup already waited for the engine
@@ -213,43 +221,40 @@ async def completions(request: web.Request) -> web.StreamResponse:
     gen = await blocking(request, request.app[MANAGER].start_completion, req, cancel)
     rid = openai.new_id("cmpl")
     final: GenerationChunk | None = None
+    want_logprobs = req.sampling.logprobs is not None
+    piece = _token_bytes(gen)
     if body.get("stream") is not True:
         text = ""
+        chunks: list[GenerationChunk] = []
         async for chunk in pump(request, gen, cancel):
             text += chunk.text
             final = chunk if chunk.finish_reason else final
+            if want_logprobs:
+                chunks.append(chunk)
         _log(request, req.model, gen.prompt_tokens, final)
+        logprobs = openai.completion_logprobs(chunks, piece) if want_logprobs else None
+        reason = openai.finish_reason(final) if final else "stop"
         return web.json_response(
-            openai.text_completion(
-                rid,
-                req.model,
-                text,
-                openai.finish_reason(final) if final else "stop",
-                gen.prompt_tokens,
-                final.completion_tokens if final else 0,
-            )
+            openai.text_completion(rid, req.model, text, reason, final, gen.prompt_tokens, logprobs)
         )
     response = await sse.open_stream(request)
+    sent = 0  # characters streamed so far, for text_offset
     try:
         async for chunk in pump(request, gen, cancel):
-            if chunk.text:
-                await sse.send(response, openai.text_chunk(rid, req.model, chunk.text))
+            logprobs = openai.completion_logprobs([chunk], piece, sent) if chunk.logprobs else None
+            if chunk.text or logprobs:
+                await sse.send(
+                    response, openai.text_chunk(rid, req.model, chunk.text, None, logprobs)
+                )
+                sent += len(chunk.text)
             final = chunk if chunk.finish_reason else final
-        await sse.send(
-            response,
-            openai.text_chunk(rid, req.model, "", openai.finish_reason(final) if final else "stop"),
-        )
+        reason = openai.finish_reason(final) if final else "stop"
+        last = openai.text_chunk(rid, req.model, "", reason)
+        last["timings"] = openai.timings(final)
+        await sse.send(response, last)
         if _include_usage(body):
-            await sse.send(
-                response,
-                openai.usage_chunk(
-                    rid,
-                    req.model,
-                    "text_completion",
-                    gen.prompt_tokens,
-                    final.completion_tokens if final else 0,
-                ),
-            )
+            usage = openai.usage_chunk(rid, req.model, "text_completion", gen.prompt_tokens, final)
+            await sse.send(response, usage)
         await sse.done(response)
     except (ConnectionResetError, ConnectionError):
         cancel.set()

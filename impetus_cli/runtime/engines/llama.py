@@ -180,6 +180,10 @@ class LlamaEngine:
             return big.raw[:n]
         return buf.raw[:n]
 
+    def token_bytes(self, token: int) -> bytes:
+        """One token's text as bytes (for logprobs: byte tokens are pieces of a character)."""
+        return self._piece(token)
+
     def detokenize(self, tokens: Sequence[int]) -> str:
         return b"".join(self._piece(t) for t in tokens).decode("utf-8", "replace")
 

@@ -49,6 +49,20 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
+def _top(logprobs: Any, n: int) -> tuple[tuple[int, float], ...]:
+    """The ``n`` most likely tokens of a step's log-probabilities, best first."""
+    if n <= 0:
+        return ()
+    import mlx.core as mx
+
+    ids = mx.argpartition(-logprobs, kth=n - 1)[:n]
+    values = logprobs[ids]
+    order = mx.argsort(-values)
+    best_ids: list[int] = ids[order].tolist()  # type: ignore[assignment]
+    best_values: list[float] = values[order].tolist()  # type: ignore[assignment]
+    return tuple(zip(best_ids, best_values, strict=True))
+
+
 class _Decoder:
     """Incremental detokenization whose pieces add up to what decoding the whole sequence gives.
 
@@ -86,6 +100,7 @@ class _Stream:
     fed: list[int] = field(default_factory=list)  # every sampled token (the cache holds them)
     pending: list[int] = field(default_factory=list)  # token ids not yet attached to a chunk
     logprobs: list[float] = field(default_factory=list)
+    top_logprobs: list[tuple[tuple[int, float], ...]] = field(default_factory=list)
     completion: int = 0
     finish: str = "length"
     first_at: float = 0.0
@@ -145,6 +160,10 @@ class MlxEngine:
 
     def detokenize(self, tokens: Sequence[int]) -> str:
         return str(self._tokenizer.decode(list(tokens), clean_up_tokenization_spaces=False))
+
+    def token_bytes(self, token: int) -> bytes:
+        """One token's text as bytes (for logprobs; a piece of a character decodes to U+FFFD)."""
+        return self.detokenize([token]).encode("utf-8")
 
     def _decoder(self, prompt: list[int]) -> _Decoder:
         return _Decoder(self.detokenize, prompt[-DECODE_CONTEXT:])
@@ -296,12 +315,18 @@ class MlxEngine:
         st.pending.append(token)
         if s.logprobs is not None:
             st.logprobs.append(float(logprobs[token].item()))
+            st.top_logprobs.append(_top(logprobs, s.logprobs))
         return True
 
     @staticmethod
     def _chunk(st: _Stream, text: str) -> GenerationChunk:
-        chunk = GenerationChunk(text=text, token_ids=tuple(st.pending), logprobs=tuple(st.logprobs))
-        st.pending, st.logprobs = [], []
+        chunk = GenerationChunk(
+            text=text,
+            token_ids=tuple(st.pending),
+            logprobs=tuple(st.logprobs),
+            top_logprobs=tuple(st.top_logprobs),
+        )
+        st.pending, st.logprobs, st.top_logprobs = [], [], []
         return chunk
 
     @staticmethod
@@ -315,6 +340,7 @@ class MlxEngine:
             text=tail,
             token_ids=tuple(st.pending),
             logprobs=tuple(st.logprobs),
+            top_logprobs=tuple(st.top_logprobs),
             finish_reason=st.finish,  # type: ignore[arg-type]
             prompt_tokens=len(tokens),
             cached_tokens=cached,
