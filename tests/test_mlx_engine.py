@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -283,7 +284,7 @@ def test_a_q8_kv_type_quantizes_the_cache_and_still_reuses_it(q8_engine: Any) ->
     second = prompt_tokens(q8_engine, "quantized cache", reply, "more")
     final = run(q8_engine, second, max_tokens=6, temperature=0, ignore_eos=True)[-1]
     assert final.finish_reason == "length" and final.cached_tokens >= len(first)
-    assert type(q8_engine._cache[0]).__name__ == "QuantizedKVCache"
+    assert type(q8_engine._current.cache[0]).__name__ == "QuantizedKVCache"
 
 
 def test_the_kv_type_stays_full_precision_when_heads_do_not_split(tiny_mlx_engine: Any) -> None:
@@ -314,3 +315,43 @@ def test_top_logprobs_are_sorted_and_led_by_the_greedy_pick(tiny_mlx_engine: Any
         values = [p for _, p in top]
         assert len(top) == 4 and values == sorted(values, reverse=True)
         assert top[0][0] == token and math.isclose(top[0][1], lp, rel_tol=1e-5)
+
+
+@pytest.fixture
+def pooled_engine(tiny_mlx_dir: Path) -> Iterator[Any]:
+    """Two conversations' prompt caches."""
+    from impetus_cli.runtime.engines.mlx import MlxEngine
+    from impetus_cli.runtime.inspect import inspect_model
+    from tests.fixtures.tiny_models import make_plan
+
+    info = inspect_model(tiny_mlx_dir)
+    engine = MlxEngine.load(make_plan(tiny_mlx_dir, info, 1024, n_parallel=2), info)
+    yield engine
+    engine.close()
+
+
+def test_two_conversations_keep_their_own_prompt_caches(pooled_engine: Any) -> None:
+    a = prompt_tokens(pooled_engine, "conversation about apples and pears")
+    b = pooled_engine.tokenize("a completely different document about the sea", special=False)
+    greedy = {"max_tokens": 4, "temperature": 0, "ignore_eos": True}
+    run(pooled_engine, a, **greedy)
+    run(pooled_engine, b, **greedy)
+    extended = a + pooled_engine.tokenize(" more", special=False)
+    assert run(pooled_engine, extended, **greedy)[-1].cached_tokens == len(a)
+
+
+def test_a_shared_system_prompt_is_copied_and_the_first_session_kept(
+    pooled_engine: Any, tiny_mlx_engine: Any
+) -> None:
+    system = "You are a careful coding agent. " * 6
+    a = prompt_tokens(pooled_engine, system + "Session A edits the parser.")
+    b = prompt_tokens(pooled_engine, system + "Session B writes release notes.")
+    shared = next(i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y)
+    greedy = {"max_tokens": 5, "temperature": 0, "ignore_eos": True}
+    run(pooled_engine, a, **greedy)
+    b_chunks = run(pooled_engine, b, **greedy)
+    assert b_chunks[-1].cached_tokens == shared  # copied from A's cache, not evaluated
+    tiny_mlx_engine.clear_cache()
+    assert text_of(b_chunks) == text_of(run(tiny_mlx_engine, b, **greedy))  # same as cold
+    a_more = a + pooled_engine.tokenize(" and its tests", special=False)
+    assert run(pooled_engine, a_more, **greedy)[-1].cached_tokens == len(a)  # A kept

@@ -1,15 +1,17 @@
 """MLX and safetensors models on mlx-lm (Metal on a Mac, the CPU through mlx[cpu] on Linux).
 
-Generation drives mlx-lm's ``generate_step`` with its sampler and logits processors. The prompt
-cache and the list of tokens it holds survive between requests (as mlx-lm's own server does), so
-a prompt that shares a prefix with the previous conversation trims the cache to the common prefix
-(``trim_prompt_cache``) and evaluates only the rest. One generation runs at a time (a lock).
+Generation drives mlx-lm's ``generate_step`` with its sampler and logits processors. Prompt
+caches and the tokens they hold survive between requests, one per recent conversation (up to
+``plan.n_parallel``): a prompt that shares a prefix with one of them trims it to the common prefix
+(``trim_prompt_cache``), or starts from a copy of that prefix when trimming would evict more, and
+evaluates only the rest. One generation runs at a time (a lock).
 
 Not available on MLX: grammar / JSON-schema constrained output (refused with a 400).
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import threading
 import time
@@ -93,6 +95,15 @@ class _Decoder:
         return after[len(before) :]
 
 
+@dataclass(eq=False)
+class _Cached:
+    """One conversation's prompt cache and the tokens it holds, in order."""
+
+    tokens: list[int]
+    cache: Any
+    last_used: float = 0.0
+
+
 @dataclass
 class _Stream:
     """Bookkeeping of one generation: what was fed to the cache, what is not yet emitted."""
@@ -113,8 +124,8 @@ class MlxEngine:
         self.plan, self.info = plan, info
         self._model, self._tokenizer = model, tokenizer
         self._lock = threading.Lock()
-        self._cache: Any = None
-        self._cached: list[int] = []  # the tokens the prompt cache holds, in order
+        self._pool: list[_Cached] = []  # recent conversations' prompt caches
+        self._current: _Cached | None = None  # the one the running generation extends
         self._weights_bytes = _weights_bytes(model)
         self._eos = frozenset(getattr(tokenizer, "eos_token_ids", None) or ())
         self.kv_bits = _kv_bits(plan.kv_type, info.head_dim, model)
@@ -144,9 +155,9 @@ class MlxEngine:
 
     @property
     def memory_bytes(self) -> int:
-        """The weights' bytes plus what the prompt cache holds now."""
-        cache = self._cache or []
-        return self._weights_bytes + sum(int(getattr(c, "nbytes", 0)) for c in cache)
+        """The weights' bytes plus what the prompt caches hold now."""
+        layers = [c for entry in self._pool for c in entry.cache]
+        return self._weights_bytes + sum(int(getattr(c, "nbytes", 0)) for c in layers)
 
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
         """``special`` parses control tokens in the text and adds BOS when the tokenizer wants
@@ -208,23 +219,50 @@ class MlxEngine:
             yield from self._run(tokens, sampling, cancel)
 
     def _prepare_cache(self, tokens: list[int]) -> int:
-        """Trim the prompt cache to the longest common prefix; return how many tokens it keeps.
-        At least one prompt token is always evaluated, for the next token's logits."""
-        from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
+        """Pick the prompt cache this request extends and trim it to the shared prefix; return
+        how many tokens it keeps. At least one prompt token is always evaluated, for the next
+        token's logits.
 
-        keep = min(common_prefix(self._cached, tokens), len(tokens) - 1)
-        # A cache that cannot be trimmed (recurrent layers) is still reused when extended.
-        if (
-            self._cache is not None
-            and keep
-            and (keep == len(self._cached) or can_trim_prompt_cache(self._cache))
-        ):
-            trim_prompt_cache(self._cache, len(self._cached) - keep)
-            self._cached = self._cached[:keep]
-            return keep
-        self._cache = make_prompt_cache(self._model)
-        self._cached = []
-        return 0
+        The pool keeps up to ``plan.n_parallel`` conversations. Like the GGUF engine's slots,
+        the choice loses the fewest cached tokens: continuing the cache that shares the longest
+        prefix loses its tokens past that prefix; starting another loses nothing while the pool
+        has room (else its least valuable entry), and starts from a copy of the shared prefix.
+        """
+        from mlx_lm.models.cache import make_prompt_cache, trim_prompt_cache
+
+        limit, now = len(tokens) - 1, time.monotonic()
+        shared = {id(e): self._usable_prefix(e, tokens, limit) for e in self._pool}
+        best = max(self._pool, key=lambda e: (shared[id(e)], e.last_used), default=None)
+        keep = shared[id(best)] if best is not None else 0
+        others = [e for e in self._pool if e is not best]
+        victim = min(others, key=lambda e: (len(e.tokens), e.last_used), default=None)
+        room = len(self._pool) < max(1, self.plan.n_parallel)
+        loss_new = 0 if room else (len(victim.tokens) if victim else None)
+        if best is not None and keep and (loss_new is None or len(best.tokens) - keep <= loss_new):
+            trim_prompt_cache(best.cache, len(best.tokens) - keep)
+            best.tokens = best.tokens[:keep]
+            entry = best
+        else:
+            if not room:
+                self._pool.remove(victim if victim is not None else best)  # type: ignore[arg-type]
+            if best is not None and keep:
+                cache = copy.deepcopy(best.cache)
+                trim_prompt_cache(cache, len(best.tokens) - keep)
+                entry = _Cached(tokens[:keep], cache)
+            else:
+                entry, keep = _Cached([], make_prompt_cache(self._model)), 0
+            self._pool.append(entry)
+        entry.last_used, self._current = now, entry
+        return keep
+
+    @staticmethod
+    def _usable_prefix(entry: _Cached, tokens: list[int], limit: int) -> int:
+        """The prefix of ``tokens`` the entry can serve: a cache that cannot be trimmed
+        (recurrent layers) only when the prompt extends all of it."""
+        from mlx_lm.models.cache import can_trim_prompt_cache
+
+        n = min(common_prefix(entry.tokens, tokens), limit)
+        return n if n == len(entry.tokens) or can_trim_prompt_cache(entry.cache) else 0
 
     def _processors(self, s: SamplingParams, prefix: list[int]) -> tuple[Any, Any]:
         from mlx_lm.sample_utils import make_logits_processors, make_sampler
@@ -263,7 +301,7 @@ class MlxEngine:
             max_tokens=limit,
             sampler=sampler,
             logits_processors=processors or None,
-            prompt_cache=self._cache,
+            prompt_cache=self._current.cache if self._current else None,
             kv_bits=self.kv_bits,
             kv_group_size=KV_GROUP,
             quantized_kv_start=0,  # the planner counted quantized bytes for the whole context
@@ -355,14 +393,14 @@ class MlxEngine:
 
     def _remember(self, sequence: list[int]) -> None:
         """What the cache now holds: as many tokens of the sequence as its offset says."""
-        offsets = [int(getattr(c, "offset", len(sequence))) for c in self._cache or []]
-        self._cached = sequence[: min(offsets, default=0)]
+        if self._current is not None:
+            offsets = [int(getattr(c, "offset", len(sequence))) for c in self._current.cache]
+            self._current.tokens = sequence[: min(offsets, default=0)]
 
     def clear_cache(self) -> None:
         """Forget the prompt cache (the next request is evaluated cold)."""
         with self._lock:
-            self._cache = None
-            self._cached = []
+            self._pool, self._current = [], None
 
     # -- embeddings -------------------------------------------------------------------------
 
