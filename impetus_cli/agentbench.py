@@ -4,6 +4,11 @@ Works against any OpenAI-compatible server (Impetus, llama-server, llama-cpp-pyt
 time to first token at agent-sized prompt depths, the follow-up turn that should reuse the cached
 prefix, single-stream decode speed, and N parallel streams. Prompts open with a random nonce so
 that nothing from an earlier run is cached.
+
+The agent's instructions open the first user turn rather than a system message: some chat formats
+(llama-cpp-python's "gemma") drop a system message, which would measure a much shorter prompt.
+Decode and parallel streams ask for ``ignore_eos`` (llama.cpp's extension, which Impetus also
+accepts) so that each reply has its full length; servers that do not know it ignore it.
 """
 
 from __future__ import annotations
@@ -78,7 +83,11 @@ class AgentBench:
 
 
 def stream_once(
-    client: ImpetusClient, model: str, messages: list[dict[str, Any]], max_tokens: int
+    client: ImpetusClient,
+    model: str,
+    messages: list[dict[str, Any]],
+    max_tokens: int,
+    **extra: Any,
 ) -> StreamStats:
     """One streamed chat; TTFT is the first content delta. Token counts from usage when the
     server sends it, else one token per content chunk."""
@@ -91,6 +100,7 @@ def stream_once(
         max_tokens=max_tokens,
         temperature=0,
         stream_options={"include_usage": True},
+        **extra,
     ):
         usage = event.get("usage") or usage
         for choice in event.get("choices") or []:
@@ -115,9 +125,7 @@ def agent_prompt(chars: int) -> str:
 def chars_per_token(client: ImpetusClient, model: str) -> float:
     """Calibrate the filler against the server's own tokenizer (prompt_tokens of a probe)."""
     sample = agent_prompt(1000)
-    stats = stream_once(
-        client, model, [{"role": "system", "content": sample}, {"role": "user", "content": "ok"}], 1
-    )
+    stats = stream_once(client, model, [{"role": "user", "content": sample}], 1)
     return len(sample) / stats.prompt_tokens if stats.prompt_tokens else 4.0
 
 
@@ -134,8 +142,8 @@ def run_agent_bench(
     first_turn, follow_up = {}, {}
     for depth in depths:
         progress(f"first turn at {depth} tokens")
-        system = {"role": "system", "content": agent_prompt(int(depth * ratio))}
-        turn1 = [system, {"role": "user", "content": "List the files you would read first."}]
+        ask = "List the files you would read first."
+        turn1 = [{"role": "user", "content": f"{agent_prompt(int(depth * ratio))}\n\n{ask}"}]
         first_turn[depth] = stream_once(client, model, turn1, 32)
         progress(f"follow-up at {depth} tokens")
         turn2 = [
@@ -148,7 +156,7 @@ def run_agent_bench(
     short = [
         {"role": "user", "content": f"{uuid.uuid4().hex}: write a long story about a compiler."}
     ]
-    decode = stream_once(client, model, short, n_gen)
+    decode = stream_once(client, model, short, n_gen, ignore_eos=True)
     progress(f"{parallel} parallel streams")
     stats, wall = _parallel(client, model, parallel, n_gen)
     return AgentBench(client.base_url, model, first_turn, follow_up, decode, tuple(stats), wall)
@@ -166,7 +174,7 @@ def _parallel(
             {"role": "user", "content": f"{uuid.uuid4().hex} #{i}: explain recursion with code."}
         ]
         try:
-            stats = stream_once(client, model, messages, n_gen)
+            stats = stream_once(client, model, messages, n_gen, ignore_eos=True)
         except Exception as exc:  # reported after all threads end
             with lock:
                 errors.append(exc)

@@ -410,3 +410,14 @@ def test_a_follow_up_reports_its_cached_prompt_tokens(tiny_server: str) -> None:
     )
     assert timings["cache_n"] == usage.prompt_tokens_details.cached_tokens
     assert timings["prompt_n"] == usage.prompt_tokens - timings["cache_n"]
+
+
+def test_ignore_eos_generates_exactly_max_tokens(tiny_server: str) -> None:
+    base = {"model": "tiny", "prompt": "end", "max_tokens": 6, "temperature": 0}
+    status, _, raw = raw_post(tiny_server, "/v1/completions", {**base, "logit_bias": {"2": 100}})
+    assert status == 200 and json.loads(raw)["usage"]["completion_tokens"] == 0  # EOS at once
+    body = {**base, "logit_bias": {"2": 100}, "ignore_eos": True}
+    status, _, raw = raw_post(tiny_server, "/v1/completions", body)
+    assert status == 200 and json.loads(raw)["usage"]["completion_tokens"] == 6
+    status, _, raw = raw_post(tiny_server, "/v1/completions", {**base, "ignore_eos": "yes"})
+    assert status == 400 and json.loads(raw)["error"]["param"] == "ignore_eos"

@@ -85,6 +85,13 @@ def model_id(body: Mapping[str, Any]) -> str:
     return model.strip()
 
 
+def _flag(body: Mapping[str, Any], key: str) -> bool:
+    value = body.get(key, False)
+    if not isinstance(value, bool):
+        raise bad(f"'{key}' must be a boolean.", key)
+    return value
+
+
 def _logprobs(body: Mapping[str, Any], legacy: bool) -> int | None:
     """How many alternatives per token to report, or None for no logprobs. Chat asks with
     ``logprobs: true`` + ``top_logprobs: N``; the legacy completions API with ``logprobs: N``."""
@@ -132,6 +139,7 @@ def sampling(body: Mapping[str, Any], *, legacy: bool = False) -> SamplingParams
         stop=stops,
         logit_bias=_logit_bias(body.get("logit_bias")),
         logprobs=_logprobs(body, legacy),
+        ignore_eos=_flag(body, "ignore_eos"),
     )
 
 
