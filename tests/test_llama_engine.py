@@ -231,6 +231,28 @@ def test_a_second_session_sharing_the_system_prompt_copies_it_and_keeps_the_firs
         cold.close()
 
 
+def test_gemma_slots_trimmed_and_refilled_never_run_out_of_window_cells(gemma_gguf: Path) -> None:
+    """Gemma's sliding-window cache holds each slot's window only: a follow-up that trims a
+    long conversation's tail, beside another cached conversation, must keep decoding (shared
+    prefix copies used to pin window cells until llama.cpp found no slot)."""
+    engine = load(gemma_gguf, n_ctx=4096, n_parallel=4)
+    try:
+        words = engine.tokenize(
+            " ".join(f"rule {i} keep it simple." for i in range(400)), special=False
+        )
+        greedy = SamplingParams(max_tokens=31, temperature=0, ignore_eos=True)
+        run(engine, [2, *words[5:274]], greedy)  # another conversation in the cache
+        first = [2, *words[:2214]]
+        run(engine, first, greedy)
+        follow = run(
+            engine, first + words[2214:2240], SamplingParams(max_tokens=60, ignore_eos=True)
+        )
+        assert follow[-1].finish_reason == "length" and follow[-1].completion_tokens == 60
+        assert follow[-1].cached_tokens >= len(first)
+    finally:
+        engine.close()
+
+
 # -- prompt cache on disk ---------------------------------------------------------------------
 
 

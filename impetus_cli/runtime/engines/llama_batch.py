@@ -11,7 +11,8 @@ Prompt caching: each slot keeps the tokens its part of the KV cache holds, so a 
 extends them evaluates only the new tokens. A request goes to the free slot whose choice evicts
 the fewest cached tokens (``_pick_slot``); when another slot, even a busy one, holds a longer
 prefix of the prompt (the system prompt two agent sessions share), its cells are copied
-(``llama_memory_seq_cp``: in the unified KV cache the copy shares the cells, nothing is evaluated).
+(``llama_memory_seq_cp``: in the unified KV cache the copy shares the cells, nothing is evaluated),
+except on models with a sliding window (see ``can_copy``).
 
 The consumer side (``Request.out``) is a queue of chunks read by the thread that called
 ``generate``; detokenization and stop strings run here so a finished slot is free at once.
@@ -88,6 +89,10 @@ class Scheduler:
         self.n_batch = n_batch
         self.batch = self.lib.llama_batch_init(max(n_batch, n_slots), 0, 1)
         self.n_swa = int(self.lib.llama_model_n_swa(engine._model))
+        # Copies share cells, and llama.cpp reuses a sliding-window cell past its window only
+        # when one sequence holds it: copied prefixes would fill the small window cache until
+        # decoding fails ("failed to find a memory slot"). So models with a window never copy.
+        self.can_copy = self.n_swa <= 0
         self._waiting: list[Request] = []
         self._active: list[Request] = []  # admitted, in admission order
         self._cv = threading.Condition()
@@ -165,7 +170,7 @@ class Scheduler:
         shared = {s.seq_id: common_prefix(s.tokens, tokens) for s in free}
         best = max(free, key=lambda s: (shared[s.seq_id], -s.last_used))
         others = [s for s in free if s is not best]
-        if others:
+        if others and (self.can_copy or not shared[best.seq_id]):
             victim = min(others, key=lambda s: (len(s.tokens), s.last_used))
             if len(victim.tokens) < len(best.tokens) - shared[best.seq_id]:
                 return victim
@@ -179,7 +184,7 @@ class Scheduler:
         if not self._window_kept(slot, own):
             own = 0
         donor, best = None, own
-        for other in self.slots:
+        for other in self.slots if self.can_copy else ():
             if other is not slot:
                 n = min(common_prefix(other.tokens, tokens), limit)
                 if n >= best + MIN_COPY and self._window_kept(other, n):
