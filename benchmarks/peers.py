@@ -156,11 +156,17 @@ def measure_server(
         bench = [sys.executable, "-m", "impetus_cli", "bench", MODEL, "--server", url]
         bench += ["--depths", ",".join(map(str, depths)), "-n", str(args.decode_tokens)]
         bench += ["--parallel", str(args.streams), "--json"]
+        if name == "llama-cpp-python" and args.chars_per_token:
+            # it reports no usage to calibrate on: size its prompts like the others'
+            bench += ["--chars-per-token", str(args.chars_per_token)]
         env = {**os.environ, "IMPETUS_HOME": str(CACHE / "home")}
         done = subprocess.run(bench, capture_output=True, text=True, env=env, cwd=REPO)
         if done.returncode != 0:
             raise RuntimeError(f"impetus bench failed against {name}: {done.stderr[-2000:]}")
-        result = {"ready_s": ready, **from_agent_bench(json.loads(done.stdout), depths)}
+        data = json.loads(done.stdout)
+        if name != "llama-cpp-python":
+            args.chars_per_token = args.chars_per_token or data["chars_per_token"]
+        result = {"ready_s": ready, **from_agent_bench(data, depths)}
         result["rss_mb"] = server.rss_mb()
         return result
     finally:

@@ -135,6 +135,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="1 rep, small prompts: a smoke run")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args()
+    args.chars_per_token = 0.0  # measured on the first server that reports usage
     if args.quick:
         args.reps, args.first_tokens, args.decode_tokens, args.max_wait = 1, 600, 32, 0.0
         args.deep_tokens = 0

@@ -58,6 +58,7 @@ class AgentBench:
     decode: StreamStats | None = None
     parallel: tuple[StreamStats, ...] = ()
     parallel_wall_s: float = 0.0
+    chars_per_token: float = 0.0  # how the prompts were sized
 
     @property
     def parallel_aggregate_tps(self) -> float:
@@ -79,6 +80,7 @@ class AgentBench:
             "parallel": [asdict(s) for s in self.parallel],
             "parallel_aggregate_tps": self.parallel_aggregate_tps,
             "parallel_worst_ttft_s": self.parallel_worst_ttft_s,
+            "chars_per_token": self.chars_per_token,
         }
 
 
@@ -123,10 +125,16 @@ def agent_prompt(chars: int) -> str:
 
 
 def chars_per_token(client: ImpetusClient, model: str) -> float:
-    """Calibrate the filler against the server's own tokenizer (prompt_tokens of a probe)."""
-    sample = agent_prompt(1000)
-    stats = stream_once(client, model, [{"role": "user", "content": sample}], 1)
-    return len(sample) / stats.prompt_tokens if stats.prompt_tokens else 4.0
+    """Calibrate the filler against the server's own tokenizer: two probes of different
+    lengths, so that the chat template's own tokens cancel out."""
+    counts = []
+    for chars in (400, 1200):
+        probe = [{"role": "user", "content": agent_prompt(chars)}]
+        counts.append((len(probe[0]["content"]), stream_once(client, model, probe, 1)))
+    (short, a), (long, b) = counts
+    if not (a.prompt_tokens and b.prompt_tokens > a.prompt_tokens):
+        return 4.0  # the server reports no usage: a typical ratio
+    return (long - short) / (b.prompt_tokens - a.prompt_tokens)
 
 
 def run_agent_bench(
@@ -137,8 +145,11 @@ def run_agent_bench(
     n_gen: int = 128,
     parallel: int = 4,
     progress: Callable[[str], None] = lambda _: None,
+    ratio: float | None = None,
 ) -> AgentBench:
-    ratio = chars_per_token(client, model)
+    """``ratio``: characters per token to size the prompts; None: calibrate on the server
+    (a server that reports no usage needs it given, else prompts are sized at 4.0)."""
+    ratio = ratio or chars_per_token(client, model)
     first_turn, follow_up = {}, {}
     for depth in depths:
         progress(f"first turn at {depth} tokens")
@@ -159,7 +170,9 @@ def run_agent_bench(
     decode = stream_once(client, model, short, n_gen, ignore_eos=True)
     progress(f"{parallel} parallel streams")
     stats, wall = _parallel(client, model, parallel, n_gen)
-    return AgentBench(client.base_url, model, first_turn, follow_up, decode, tuple(stats), wall)
+    return AgentBench(
+        client.base_url, model, first_turn, follow_up, decode, tuple(stats), wall, ratio
+    )
 
 
 def _parallel(

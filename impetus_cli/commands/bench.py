@@ -53,6 +53,10 @@ def bench(
     depths: Annotated[
         str, typer.Option("--depths", help="Prompt depths for --server.")
     ] = "2048,8192,16384",
+    chars_per_token: Annotated[
+        float | None,
+        typer.Option(help="Size --server prompts with this ratio instead of calibrating."),
+    ] = None,
 ) -> None:
     """Prompt and generation tokens/s (llama-bench's method), against what this chip should do."""
     from impetus_cli.runtime.config import load_settings
@@ -61,7 +65,7 @@ def bench(
     if history:
         _show_history(settings, as_json)
     elif server:
-        _bench_server(server, model, settings, parallel, n_gen, depths, as_json)
+        _bench_server(server, model, settings, parallel, n_gen, depths, as_json, chars_per_token)
     else:
         runs = _bench_local(
             settings, model or settings.default_model, backend, n_prompt, n_gen, reps, depth
@@ -297,6 +301,7 @@ def _bench_server(
     n_gen: int,
     depths: str,
     as_json: bool,
+    chars_per_token: float | None = None,
 ) -> None:
     from rich.table import Table
 
@@ -325,6 +330,7 @@ def _bench_server(
             n_gen=n_gen,
             parallel=parallel,
             progress=lambda s: status.update(s),
+            ratio=chars_per_token,
         )
     if as_json:
         print_json(result.to_dict())
