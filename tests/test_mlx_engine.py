@@ -205,9 +205,12 @@ def test_a_reused_cache_gives_the_same_text_as_a_cold_run(
     sampling = SamplingParams(max_tokens=12, temperature=0, repeat_penalty=1.3)
     if ending == "eos":
         sampling = SamplingParams(max_tokens=12, temperature=0, logit_bias={end: 100.0})
-    elif ending == "cancel":
-        cancel.set()
-    reply = text_of(list(tiny_mlx_engine.generate(first, sampling, cancel)))
+    chunks = []
+    for chunk in tiny_mlx_engine.generate(first, sampling, cancel):
+        chunks.append(chunk)
+        if ending == "cancel":
+            cancel.set()  # after the first piece of text: the prompt is in the cache
+    reply = text_of(chunks)
     if ending == "stop":
         reply = text_of(
             run(tiny_mlx_engine, first, max_tokens=12, temperature=0, stop=(reply[2:4],))
@@ -355,3 +358,28 @@ def test_a_shared_system_prompt_is_copied_and_the_first_session_kept(
     assert text_of(b_chunks) == text_of(run(tiny_mlx_engine, b, **greedy))  # same as cold
     a_more = a + pooled_engine.tokenize(" and its tests", special=False)
     assert run(pooled_engine, a_more, **greedy)[-1].cached_tokens == len(a)  # A kept
+
+
+def test_a_request_joins_while_another_is_generating(pooled_engine: Any) -> None:
+    assert pooled_engine.batched  # mlx-lm's BatchGenerator, not the serial lock
+    finished: list[str] = []
+    started = threading.Event()
+
+    def long_one() -> None:
+        params = SamplingParams(max_tokens=900, temperature=0, ignore_eos=True)
+        for chunk in pooled_engine.generate(prompt_tokens(pooled_engine, "long"), params):
+            started.set()
+            if chunk.finish_reason:
+                finished.append(f"long:{chunk.finish_reason}")
+
+    thread = threading.Thread(target=long_one)
+    thread.start()
+    assert started.wait(timeout=60)
+    final = run(pooled_engine, prompt_tokens(pooled_engine, "short"), max_tokens=4, ignore_eos=True)
+    finished.append(f"short:{final[-1].finish_reason}")
+    thread.join(timeout=120)
+    assert finished == ["short:length", "long:length"]
+
+
+def test_a_quantized_cache_generates_serially(q8_engine: Any) -> None:
+    assert not q8_engine.batched

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from typing import Protocol, runtime_checkable
 
 from impetus_cli.runtime.types import (
@@ -56,3 +58,44 @@ class Engine(Protocol):
     def embed(self, texts: Sequence[str]) -> list[list[float]]: ...
 
     def close(self) -> None: ...
+
+
+def relay(
+    out: queue.SimpleQueue[GenerationChunk | BaseException],
+    cancel: threading.Event,
+    abandon: Callable[[], None],
+) -> Iterator[GenerationChunk]:
+    """Stream what a scheduler thread sends for one request, until its final chunk.
+
+    The scheduler may run a step or two ahead of the reader. Once ``cancel`` is set, what it
+    produced after that is neither delivered nor counted, so a cancelled stream ends within
+    one token of what the reader saw. ``abandon`` runs when the reader stops early (a client
+    that hung up), so the scheduler drops the request at its next step.
+    """
+    delivered, dropped = 0, False
+    try:
+        while True:
+            item = out.get()
+            if isinstance(item, BaseException):
+                raise item
+            if item.finish_reason is None:
+                if cancel.is_set():
+                    dropped = True
+                    continue
+                delivered += len(item.token_ids)
+                yield item
+                continue
+            if dropped or item.finish_reason == "cancelled":
+                item = replace(
+                    item,
+                    text="",
+                    token_ids=(),
+                    logprobs=(),
+                    top_logprobs=(),
+                    finish_reason="cancelled",
+                    completion_tokens=delivered,
+                )
+            yield item
+            return
+    finally:
+        abandon()

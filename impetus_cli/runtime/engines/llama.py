@@ -17,10 +17,10 @@ import logging
 import math
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
 from typing import Any
 
 from impetus_cli.errors import ContextLengthExceeded, CorruptModel, EngineError, ImpetusError
+from impetus_cli.runtime.engines.base import relay
 from impetus_cli.runtime.engines.llama_batch import Request, Scheduler
 from impetus_cli.runtime.engines.llama_cache import DiskCache
 from impetus_cli.runtime.engines.llama_native import RECENT_ERRORS, llama_said, load_lib
@@ -208,44 +208,20 @@ class LlamaEngine:
         sampling: SamplingParams,
         cancel: threading.Event | None = None,
     ) -> Iterator[GenerationChunk]:
-        """Queue the request on the scheduler (llama_batch.py) and stream what it sends back.
-        Cancelling (or closing the stream) stops the request at the next decode step; what the
-        scheduler produced after the cancel is not delivered nor counted."""
+        """Checks run now (the server answers 4xx before streaming); the request joins the
+        scheduler (llama_batch.py) when the stream is first read. Cancelling, or closing the
+        stream, stops it at the next decode step (see base.relay)."""
         if not tokens:
             raise ImpetusError("The prompt is empty.", param="messages")
         if len(tokens) > self.n_ctx:
             raise ContextLengthExceeded(self.n_ctx, len(tokens))
         room = self.n_ctx - len(tokens)
         limit = room if sampling.max_tokens is None else min(sampling.max_tokens, room)
-        request = Request(list(tokens), sampling, cancel or threading.Event(), limit)
+        return self._stream(Request(list(tokens), sampling, cancel or threading.Event(), limit))
+
+    def _stream(self, request: Request) -> Iterator[GenerationChunk]:
         self._scheduler.submit(request)
-        delivered, dropped = 0, False
-        try:
-            while True:
-                item = request.out.get()
-                if isinstance(item, BaseException):
-                    raise item
-                if item.finish_reason is None:
-                    if request.cancel.is_set():
-                        dropped = True
-                        continue
-                    delivered += len(item.token_ids)
-                    yield item
-                    continue
-                if dropped or item.finish_reason == "cancelled":
-                    item = replace(
-                        item,
-                        text="",
-                        token_ids=(),
-                        logprobs=(),
-                        top_logprobs=(),
-                        finish_reason="cancelled",
-                        completion_tokens=delivered,
-                    )
-                yield item
-                return
-        finally:
-            request.abandoned = True
+        yield from relay(request.out, request.cancel, request.abandon)
 
     # -- embeddings ---------------------------------------------------------------------------
 

@@ -77,6 +77,9 @@ class Request:
     def stopped(self) -> bool:
         return self.cancel.is_set() or self.abandoned
 
+    def abandon(self) -> None:
+        self.abandoned = True
+
 
 class Scheduler:
     """Owns the context's decode loop in one thread; requests come in through ``submit``."""

@@ -4,7 +4,8 @@ Generation drives mlx-lm's ``generate_step`` with its sampler and logits process
 caches and the tokens they hold survive between requests, one per recent conversation (up to
 ``plan.n_parallel``): a prompt that shares a prefix with one of them trims it to the common prefix
 (``trim_prompt_cache``), or starts from a copy of that prefix when trimming would evict more, and
-evaluates only the rest. One generation runs at a time (a lock).
+evaluates only the rest. Requests run batched on mlx-lm's BatchGenerator (mlx_batch.py), or one at
+a time (a lock) when the KV cache is quantized.
 
 Not available on MLX: grammar / JSON-schema constrained output (refused with a 400).
 """
@@ -26,6 +27,8 @@ from impetus_cli.errors import (
     EngineError,
     ImpetusError,
 )
+from impetus_cli.runtime.engines.base import relay
+from impetus_cli.runtime.engines.mlx_batch import Batcher, Job
 from impetus_cli.runtime.types import (
     ChatMessage,
     GenerationChunk,
@@ -102,6 +105,7 @@ class _Cached:
     tokens: list[int]
     cache: Any
     last_used: float = 0.0
+    busy: bool = False  # a batched generation is extending it
 
 
 @dataclass
@@ -129,6 +133,9 @@ class MlxEngine:
         self._weights_bytes = _weights_bytes(model)
         self._eos = frozenset(getattr(tokenizer, "eos_token_ids", None) or ())
         self.kv_bits = _kv_bits(plan.kv_type, info.head_dim, model)
+        # BatchGenerator has no quantized batch cache: a quantized KV cache runs serially.
+        self._batcher: Batcher | None = None
+        self.batched = self.kv_bits is None
         self.last_cached_tokens = 0  # counters the tests and metrics read
         self.last_evaluated_tokens = 0
 
@@ -210,7 +217,20 @@ class MlxEngine:
             raise ImpetusError("The prompt is empty.", param="messages")
         if len(tokens) > self.n_ctx:
             raise ContextLengthExceeded(self.n_ctx, len(tokens))
-        return self._locked(list(tokens), sampling, cancel or threading.Event())
+        cancel = cancel or threading.Event()
+        if not self.batched:
+            return self._locked(list(tokens), sampling, cancel)
+        room = self.n_ctx - len(tokens)
+        limit = room if sampling.max_tokens is None else min(sampling.max_tokens, room)
+        return self._queued(Job(list(tokens), sampling, cancel, limit))
+
+    def _queued(self, job: Job) -> Iterator[GenerationChunk]:
+        """The batched path (mlx_batch.py): the job joins when the stream is first read."""
+        with self._lock:
+            if self._batcher is None:
+                self._batcher = Batcher(self)
+        self._batcher.submit(job)
+        yield from relay(job.out, job.cancel, job.abandon)
 
     def _locked(
         self, tokens: list[int], sampling: SamplingParams, cancel: threading.Event
@@ -219,9 +239,14 @@ class MlxEngine:
             yield from self._run(tokens, sampling, cancel)
 
     def _prepare_cache(self, tokens: list[int]) -> int:
-        """Pick the prompt cache this request extends and trim it to the shared prefix; return
-        how many tokens it keeps. At least one prompt token is always evaluated, for the next
-        token's logits.
+        """The serial path's cache: see _choose_cache; returns how many tokens it keeps."""
+        self._current, keep = self._choose_cache(tokens)
+        return keep
+
+    def _choose_cache(self, tokens: list[int]) -> tuple[_Cached, int]:
+        """Pick the prompt cache this request extends (never one a running generation is
+        extending) and trim it to the shared prefix; with how many tokens it keeps. At least one
+        prompt token is always evaluated, for the next token's logits.
 
         The pool keeps up to ``plan.n_parallel`` conversations. Like the GGUF engine's slots,
         the choice loses the fewest cached tokens: continuing the cache that shares the longest
@@ -231,10 +256,11 @@ class MlxEngine:
         from mlx_lm.models.cache import make_prompt_cache, trim_prompt_cache
 
         limit, now = len(tokens) - 1, time.monotonic()
-        shared = {id(e): self._usable_prefix(e, tokens, limit) for e in self._pool}
-        best = max(self._pool, key=lambda e: (shared[id(e)], e.last_used), default=None)
+        free = [e for e in self._pool if not e.busy]
+        shared = {id(e): self._usable_prefix(e, tokens, limit) for e in free}
+        best = max(free, key=lambda e: (shared[id(e)], e.last_used), default=None)
         keep = shared[id(best)] if best is not None else 0
-        others = [e for e in self._pool if e is not best]
+        others = [e for e in free if e is not best]
         victim = min(others, key=lambda e: (len(e.tokens), e.last_used), default=None)
         room = len(self._pool) < max(1, self.plan.n_parallel)
         loss_new = 0 if room else (len(victim.tokens) if victim else None)
@@ -243,8 +269,9 @@ class MlxEngine:
             best.tokens = best.tokens[:keep]
             entry = best
         else:
-            if not room:
-                self._pool.remove(victim if victim is not None else best)  # type: ignore[arg-type]
+            dropped = victim if victim is not None else best
+            if not room and dropped is not None:
+                self._pool.remove(dropped)
             if best is not None and keep:
                 cache = copy.deepcopy(best.cache)
                 trim_prompt_cache(cache, len(best.tokens) - keep)
@@ -252,8 +279,8 @@ class MlxEngine:
             else:
                 entry, keep = _Cached([], make_prompt_cache(self._model)), 0
             self._pool.append(entry)
-        entry.last_used, self._current = now, entry
-        return keep
+        entry.last_used = now
+        return entry, keep
 
     @staticmethod
     def _usable_prefix(entry: _Cached, tokens: list[int], limit: int) -> int:
@@ -400,7 +427,8 @@ class MlxEngine:
     def clear_cache(self) -> None:
         """Forget the prompt cache (the next request is evaluated cold)."""
         with self._lock:
-            self._pool, self._current = [], None
+            self._pool = [e for e in self._pool if e.busy]
+            self._current = None
 
     # -- embeddings -------------------------------------------------------------------------
 
@@ -438,6 +466,8 @@ class MlxEngine:
         return [float(x) for x in values]
 
     def close(self) -> None:
+        if self._batcher is not None:
+            self._batcher.close()
         self.clear_cache()
 
 
