@@ -168,6 +168,10 @@ def measure_server(
             args.chars_per_token = args.chars_per_token or data["chars_per_token"]
         result = {"ready_s": ready, **from_agent_bench(data, depths)}
         result["rss_mb"] = server.rss_mb()
+        if name == "impetus":  # what the planner expected the loaded model to take
+            with urllib.request.urlopen(url + "/impetus/status", timeout=10) as reply:
+                models = json.loads(reply.read())["models"]
+            result["planned_mb"] = sum(m["planned_bytes"] for m in models) / 1e6
         return result
     finally:
         server.stop()

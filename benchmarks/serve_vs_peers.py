@@ -236,6 +236,13 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"| impetus /health after start (s) | {cell(idle['health_s'], 2)} | | | | | < 1 |"
         )
+        if "planned_mb" in imp:
+            loaded = imp["rss_mb"]["mean"] - idle["rss_mb"]["mean"]
+            planned = imp["planned_mb"]["mean"]
+            lines.append(
+                f"| impetus model RSS (loaded - idle) vs planned (MB) | {loaded:.0f} / "
+                f"{planned:.0f} = {loaded / planned:.2f}x | | | | | within 10% |"
+            )
     return "\n".join(lines)
 
 
