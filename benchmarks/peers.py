@@ -156,15 +156,16 @@ def measure_server(
         bench = [sys.executable, "-m", "impetus_cli", "bench", MODEL, "--server", url]
         bench += ["--depths", ",".join(map(str, depths)), "-n", str(args.decode_tokens)]
         bench += ["--parallel", str(args.streams), "--json"]
-        if name == "llama-cpp-python" and args.chars_per_token:
-            # it reports no usage to calibrate on: size its prompts like the others'
+        if args.chars_per_token:
+            # measured once, on the first server that reports usage: every server gets prompts
+            # of the same size (llama-cpp-python's reports none to calibrate on)
             bench += ["--chars-per-token", str(args.chars_per_token)]
         env = {**os.environ, "IMPETUS_HOME": str(CACHE / "home")}
         done = subprocess.run(bench, capture_output=True, text=True, env=env, cwd=REPO)
         if done.returncode != 0:
             raise RuntimeError(f"impetus bench failed against {name}: {done.stderr[-2000:]}")
         data = json.loads(done.stdout)
-        if name != "llama-cpp-python":
+        if data["first_turn"][str(depths[0])]["prompt_tokens"]:  # calibrated on usage
             args.chars_per_token = args.chars_per_token or data["chars_per_token"]
         result = {"ready_s": ready, **from_agent_bench(data, depths)}
         result["rss_mb"] = server.rss_mb()

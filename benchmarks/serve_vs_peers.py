@@ -15,7 +15,7 @@ repetition so that drift in machine load hits all of them. Per server and repeti
 
     .venv/bin/python benchmarks/build_llama_cpp.py       # once: builds llama-server
     .venv/bin/python benchmarks/serve_vs_peers.py [--reps 3] [--out results.json]
-    .venv/bin/python benchmarks/serve_vs_peers.py --quick  # smoke run, ~2 minutes
+    .venv/bin/python benchmarks/serve_vs_peers.py --quick  # smoke run, ~30 s
 
 `python -m llama_cpp.server` needs llama-cpp-python's server extras; without them that server
 is skipped (and said so): pip install uvicorn fastapi sse-starlette starlette-context
@@ -29,6 +29,7 @@ import importlib.util
 import json
 import os
 import platform
+import shlex
 import statistics
 import sys
 import tempfile
@@ -104,7 +105,10 @@ def main() -> None:
     report["logs"] = str(logs)
     report["busy_during_run"] = quiet.log
     report["kept_although_disturbed"] = quiet.disturbed
-    print(markdown(report))
+    report["command"] = shlex.join(
+        [".venv/bin/python", "benchmarks/serve_vs_peers.py", *sys.argv[1:]]
+    )
+    print(f"\n{header(report)}\n\n{markdown(report)}")
     if args.out:
         args.out.write_text(json.dumps(report, indent=2))
         print(f"\nresults: {args.out}")
@@ -190,6 +194,17 @@ def summarize(
     }
 
 
+def header(report: dict[str, Any]) -> str:
+    """The command and the machine, to go with the table into BENCHMARKS.md."""
+    m = report["machine"]
+    return (
+        f"Command: `{report['command']}` ({report['elapsed_s']:.0f} s)\n"
+        f"Machine: {m['cpu']}, {m['cores']} cores / {m['threads']} threads, {m['ram_gb']} GiB "
+        f"RAM, {m['os']}, Python {m['python']}, "
+        f"llama-cpp-python {m['versions']['llama-cpp-python']}"
+    )
+
+
 def cell(entry: dict[str, float] | None, digits: int) -> str:
     if not entry:
         return "not measured"
@@ -243,7 +258,29 @@ def markdown(report: dict[str, Any]) -> str:
                 f"| impetus model RSS (loaded - idle) vs planned (MB) | {loaded:.0f} / "
                 f"{planned:.0f} = {loaded / planned:.2f}x | | | | | within 10% |"
             )
-    return "\n".join(lines)
+    notes = token_notes(report)
+    return "\n".join([*lines, *(["", *notes] if notes else [])])
+
+
+def token_notes(report: dict[str, Any]) -> list[str]:
+    """Where a server's replies were shorter than asked (it stopped at the end of generation:
+    its tokens/s cover fewer tokens) or its tokens were counted from chunks (no usage sent)."""
+    want, streams = report["settings"]["decode_tokens"], report["settings"]["streams"]
+    notes = []
+    for name, res in report["results"].items():
+        decode = res.get("decode_tokens", {}).get("mean", want)
+        together = res.get("parallel_tokens", {}).get("mean", want * streams)
+        if decode < want or together < want * streams:
+            notes.append(
+                f"- {name}: replies shorter than asked ({decode:.0f} of {want} tokens in the "
+                f"decode stream, {together:.0f} of {want * streams} in the {streams} streams)."
+            )
+        if not res.get("first_prompt_tokens", {}).get("mean"):
+            notes.append(
+                f"- {name} sends no token usage when streaming: its completion tokens are "
+                "counted one per content chunk, its prompts sized with the others' ratio."
+            )
+    return notes
 
 
 def res_mean(res: dict[str, dict[str, dict[str, float]]], key: str) -> float:

@@ -3,12 +3,13 @@
 Works against any OpenAI-compatible server (Impetus, llama-server, llama-cpp-python's server):
 time to first token at agent-sized prompt depths, the follow-up turn that should reuse the cached
 prefix, single-stream decode speed, and N parallel streams. Prompts open with a random nonce so
-that nothing from an earlier run is cached.
+that nothing from an earlier run is cached. One short untimed request warms the server up first.
 
 The agent's instructions open the first user turn rather than a system message: some chat formats
 (llama-cpp-python's "gemma") drop a system message, which would measure a much shorter prompt.
-Decode and parallel streams ask for ``ignore_eos`` (llama.cpp's extension, which Impetus also
-accepts) so that each reply has its full length; servers that do not know it ignore it.
+Decode and parallel streams ask for long answers and for ``ignore_eos`` (llama.cpp's extension,
+which Impetus also accepts) so that each reply has its full length; servers that do not know it
+(llama-cpp-python's) ignore it, which is why the real completion token counts are reported.
 """
 
 from __future__ import annotations
@@ -38,10 +39,12 @@ class StreamStats:
     completion_tokens: int
     ttft_s: float
     total_s: float
+    last_token_s: float = 0.0  # request start to the last content delta (0: unknown)
 
     @property
     def decode_tps(self) -> float:
-        decode = self.total_s - self.ttft_s
+        """Tokens/s from the first content delta to the last (the first token is the prompt's)."""
+        decode = (self.last_token_s or self.total_s) - self.ttft_s
         return (
             (self.completion_tokens - 1) / decode
             if decode > 0 and self.completion_tokens > 1
@@ -95,6 +98,7 @@ def stream_once(
     server sends it, else one token per content chunk."""
     start = time.perf_counter()
     first: float | None = None
+    last = start
     chunks, usage = 0, dict[str, Any]()
     for event in client.chat_stream(
         model,
@@ -107,7 +111,8 @@ def stream_once(
         usage = event.get("usage") or usage
         for choice in event.get("choices") or []:
             if (choice.get("delta") or {}).get("content"):
-                first = first or time.perf_counter()
+                last = time.perf_counter()
+                first = first or last
                 chunks += 1
     end = time.perf_counter()
     return StreamStats(
@@ -115,21 +120,24 @@ def stream_once(
         completion_tokens=int(usage.get("completion_tokens") or chunks),
         ttft_s=(first or end) - start,
         total_s=end - start,
+        last_token_s=(last if first else end) - start,
     )
 
 
-def agent_prompt(chars: int) -> str:
-    nonce = uuid.uuid4().hex
+def agent_prompt(chars: int, nonce: str | None = None) -> str:
+    """About ``chars`` characters of agent instructions after a first line with a nonce (random
+    unless given), so that no server has any of it cached beyond the chat template's opening."""
+    nonce = nonce or uuid.uuid4().hex[:12]  # 48 random bits: unique, and few tokens
     body = (_RULES * (chars // len(_RULES) + 1))[:chars]
     return f"Session {nonce}.\n{body}"
 
 
 def chars_per_token(client: ImpetusClient, model: str) -> float:
     """Calibrate the filler against the server's own tokenizer: two probes of different
-    lengths, so that the chat template's own tokens cancel out."""
-    counts = []
-    for chars in (400, 1200):
-        probe = [{"role": "user", "content": agent_prompt(chars)}]
+    lengths with the same nonce, so that the chat template's and the nonce's tokens cancel out."""
+    counts, nonce = [], uuid.uuid4().hex[:12]
+    for chars in (400, 1600):
+        probe = [{"role": "user", "content": agent_prompt(chars, nonce)}]
         counts.append((len(probe[0]["content"]), stream_once(client, model, probe, 1)))
     (short, a), (long, b) = counts
     if not (a.prompt_tokens and b.prompt_tokens > a.prompt_tokens):
@@ -148,7 +156,13 @@ def run_agent_bench(
     ratio: float | None = None,
 ) -> AgentBench:
     """``ratio``: characters per token to size the prompts; None: calibrate on the server
-    (a server that reports no usage needs it given, else prompts are sized at 4.0)."""
+    (a server that reports no usage needs it given, else prompts are sized at 4.0).
+
+    Measured, in order: per depth a cold first turn (a unique nonce opens it) and its follow-up
+    (the same conversation plus a reply and a short user turn); one ``n_gen``-token stream for
+    decode; ``parallel`` concurrent ``n_gen``-token streams started together."""
+    progress("warm-up")
+    warm_up(client, model)
     ratio = ratio or chars_per_token(client, model)
     first_turn, follow_up = {}, {}
     for depth in depths:
@@ -175,17 +189,25 @@ def run_agent_bench(
     )
 
 
+def warm_up(client: ImpetusClient, model: str) -> None:
+    """One short untimed request: first-request costs (buffers, thread pools, a lazily loaded
+    model) are not any measurement's."""
+    stream_once(client, model, [{"role": "user", "content": f"{uuid.uuid4().hex}: say hello."}], 8)
+
+
 def _parallel(
     client: ImpetusClient, model: str, n: int, n_gen: int
 ) -> tuple[list[StreamStats], float]:
     results: list[StreamStats] = []
     errors: list[BaseException] = []
     lock = threading.Lock()
+    gate = threading.Barrier(n + 1)  # all streams start together
 
     def one(i: int) -> None:
         messages = [
             {"role": "user", "content": f"{uuid.uuid4().hex} #{i}: explain recursion with code."}
         ]
+        gate.wait()
         try:
             stats = stream_once(client, model, messages, n_gen, ignore_eos=True)
         except Exception as exc:  # reported after all threads end
@@ -196,9 +218,10 @@ def _parallel(
             results.append(stats)
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
-    start = time.perf_counter()
     for t in threads:
         t.start()
+    gate.wait()
+    start = time.perf_counter()
     for t in threads:
         t.join()
     if errors:

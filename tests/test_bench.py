@@ -131,3 +131,31 @@ def test_agent_benchmark_against_a_real_server(tiny_server: str) -> None:
     assert bench.decode is not None and bench.decode.completion_tokens > 0
     assert len(bench.parallel) == 2 and bench.parallel_aggregate_tps > 0
     assert any("follow-up" in name for name, _ in summary_rows(bench))
+
+
+def test_calibrated_prompts_grow_by_the_depth_asked_and_decode_ends_at_the_last_token(
+    tiny_server: str,
+) -> None:
+    bench = run_agent_bench(
+        ImpetusClient(tiny_server), "tiny", depths=(256, 512), n_gen=16, parallel=2
+    )
+    grown = bench.first_turn[512].prompt_tokens - bench.first_turn[256].prompt_tokens
+    assert abs(grown - 256) < 26, grown  # the template's and nonce's tokens cancel out
+    d = bench.decode
+    assert d is not None and d.ttft_s <= d.last_token_s <= d.total_s
+    assert d.decode_tps == (d.completion_tokens - 1) / (d.last_token_s - d.ttft_s)
+
+
+def test_bench_server_json_has_what_the_serve_vs_peers_suite_reads(tiny_server: str) -> None:
+    """benchmarks/serve_vs_peers.py runs this command against every server and maps its JSON."""
+    sizes = ["--depths", "128,256", "-n", "8", "--parallel", "2", "--chars-per-token", "1.5"]
+    out = CliRunner().invoke(app, ["bench", "tiny", "--server", tiny_server, *sizes, "--json"])
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.stdout)
+    assert data["chars_per_token"] == 1.5
+    for depth in ("128", "256"):
+        first, follow = data["first_turn"][depth], data["follow_up"][depth]
+        assert follow["prompt_tokens"] > first["prompt_tokens"] > 0 and first["ttft_s"] > 0
+    assert data["decode"]["completion_tokens"] == 8 and data["decode_tps"] > 0  # ignore_eos
+    assert [s["completion_tokens"] for s in data["parallel"]] == [8, 8]
+    assert data["parallel_aggregate_tps"] > 0 and data["parallel_worst_ttft_s"] > 0
