@@ -4,6 +4,7 @@ real-engine smoke test; reasoning and mid-stream errors."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import openai
 import pytest
@@ -74,6 +75,29 @@ def test_non_streamed_tool_calls(fake_server: str) -> None:
     assert reply.choices[0].finish_reason == "tool_calls" and message.content is None
     assert message.tool_calls[0].function.name == "read_file"
     assert json.loads(message.tool_calls[0].function.arguments) == {"path": "server.py"}
+
+
+def test_logprobs_of_text_the_tool_parser_held_back_still_arrive(fake_server: str) -> None:
+    """ "<tool" might open a call, so its text waits for the next piece; its logprob waits with
+    it instead of being lost."""
+    ask: dict[str, Any] = {"logprobs": True, "top_logprobs": 2, "tools": TOOLS}
+    messages = [{"role": "user", "content": "x"}]
+    FakeEngine.enqueue(["a", "<tool", " b"])
+    reply = client(fake_server).chat.completions.create(model="fake", messages=messages, **ask)
+    content = reply.choices[0].logprobs.content
+    assert reply.choices[0].message.content == "a<tool b"
+    assert [(e.token, e.logprob) for e in content] == [("1", -0.1), ("2", -0.2), ("3", -0.3)]
+    assert [len(e.top_logprobs) for e in content] == [2, 2, 2]
+    FakeEngine.enqueue(["a", "<tool", " b"])
+    stream = client(fake_server).chat.completions.create(
+        model="fake", messages=messages, stream=True, **ask
+    )
+    per_chunk = [
+        ([e.token for e in c.choices[0].logprobs.content], c.choices[0].delta.content)
+        for c in stream
+        if c.choices and c.choices[0].logprobs
+    ]
+    assert per_chunk == [(["1"], "a"), (["2", "3"], "<tool b")]
 
 
 def test_tool_tags_pass_through_verbatim_without_tools(fake_server: str) -> None:

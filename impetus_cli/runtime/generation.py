@@ -55,6 +55,7 @@ class Generation:
         name, metrics = self.model.name, self.manager.metrics
         status: int | str = "error"
         final: GenerationChunk | None = None
+        held = GenerationChunk()  # tokens (and logprobs) whose text the tool parser holds back
         try:
             for chunk in self._stream:
                 if chunk.token_ids:
@@ -65,12 +66,17 @@ class Generation:
                 if tools is None:
                     yield chunk
                     continue
+                chunk = _join_tokens(held, chunk)
                 text, calls = tools.feed(chunk.text)
                 if text or calls:
                     yield replace(chunk, text=text, tool_calls=tuple(calls))
+                    held = GenerationChunk()
+                else:
+                    held = chunk
             if final is None:
                 return
             if tools is not None:
+                final = _join_tokens(held, final)
                 text, calls = tools.feed(final.text)
                 rest, more = tools.finish()
                 reason = (
@@ -126,3 +132,16 @@ class Generation:
         self._iter.close()
         if not self._released:  # the iterator never started: its finally did not run
             self._finish(None, "cancelled")
+
+
+def _join_tokens(held: GenerationChunk, chunk: GenerationChunk) -> GenerationChunk:
+    """``chunk`` with the token ids and logprobs of ``held`` in front: each token's logprobs
+    stay with it, and reach the client with the chunk that finally carries its text."""
+    if not held.token_ids:
+        return chunk
+    return replace(
+        chunk,
+        token_ids=held.token_ids + chunk.token_ids,
+        logprobs=held.logprobs + chunk.logprobs,
+        top_logprobs=held.top_logprobs + chunk.top_logprobs,
+    )
