@@ -320,6 +320,61 @@ def test_top_logprobs_are_sorted_and_led_by_the_greedy_pick(tiny_mlx_engine: Any
         assert top[0][0] == token and math.isclose(top[0][1], lp, rel_tol=1e-5)
 
 
+def test_logprobs_zero_gives_the_pick_without_alternatives(tiny_mlx_engine: Any) -> None:
+    tokens = prompt_tokens(tiny_mlx_engine, "zero")
+    greedy = {"max_tokens": 4, "temperature": 0, "ignore_eos": True}
+    chunks = run(tiny_mlx_engine, tokens, logprobs=0, **greedy)
+    assert [t for c in chunks for t in c.top_logprobs] == [()] * 4
+    assert len([lp for c in chunks for lp in c.logprobs]) == 4
+    plain = run(tiny_mlx_engine, tokens, **greedy)
+    assert all(c.logprobs == () and c.top_logprobs == () for c in plain)
+
+
+@pytest.mark.parametrize("name", ["tiny_mlx_engine", "q8_engine"])  # batched, serial
+def test_logprobs_follow_the_logit_bias_not_temperature_or_penalties(
+    name: str, request: pytest.FixtureRequest
+) -> None:
+    """The reported distribution is the model's with the logit bias added: sampling settings
+    (temperature, top-p, repetition / presence / frequency penalties) change the pick only."""
+    import math
+
+    engine = request.getfixturevalue(name)
+    tokens = prompt_tokens(engine, "again again again")
+    (repeated,) = engine.tokenize("a", special=False)  # in the prompt: penalties would hit it
+    ask = {"max_tokens": 1, "ignore_eos": True, "logprobs": 5, "logit_bias": {repeated: 20.0}}
+    (greedy,) = [t for c in run(engine, tokens, temperature=0, **ask) for t in c.top_logprobs]
+    sampled = run(
+        engine,
+        tokens,
+        temperature=1.5,
+        top_p=0.5,
+        seed=3,
+        repeat_penalty=1.5,
+        presence_penalty=2.0,
+        frequency_penalty=1.0,
+        **ask,
+    )
+    (top,) = [t for c in sampled for t in c.top_logprobs]
+    assert greedy[0][0] == repeated and [i for i, _ in top] == [i for i, _ in greedy]
+    assert [p for _, p in top] == pytest.approx([p for _, p in greedy], abs=1e-3)
+    assert sum(math.exp(p) for _, p in top) <= 1 + 1e-5
+
+
+def test_logprobs_taken_before_the_penalties_stay_with_their_step(tiny_mlx_engine: Any) -> None:
+    """A penalty too small to matter: the same picks, and each step reports its own numbers
+    (mlx-lm computes a step ahead, so the recorded logits queue up)."""
+    tokens = prompt_tokens(tiny_mlx_engine, "in step")
+    ask = {"max_tokens": 6, "temperature": 0, "ignore_eos": True, "logprobs": 3}
+    plain = run(tiny_mlx_engine, tokens, **ask)
+    tapped = run(tiny_mlx_engine, tokens, frequency_penalty=1e-9, **ask)
+    for a, b in zip(plain, tapped, strict=True):
+        assert a.token_ids == b.token_ids
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+        assert [[i for i, _ in t] for t in a.top_logprobs] == [
+            [i for i, _ in t] for t in b.top_logprobs
+        ]
+
+
 @pytest.fixture
 def pooled_engine(tiny_mlx_dir: Path) -> Iterator[Any]:
     """Two conversations' prompt caches."""

@@ -208,6 +208,15 @@ class GenerationChunk:
 
     ``prompt_tokens`` counts the whole prompt, ``cached_tokens`` the part reused from the KV
     cache. Speeds are tokens per second so far.
+
+    Log-probabilities, filled only when ``SamplingParams.logprobs`` is not None: ``logprobs``
+    has one natural-log probability per entry of ``token_ids``, in the same order;
+    ``top_logprobs`` has, per entry, the N most likely ``(token id, logprob)`` pairs, best first
+    (N = ``SamplingParams.logprobs``; empty tuples when N is 0). Both are of the model's own
+    distribution: the log-softmax of the raw logits with the logit bias added, before the
+    repetition / presence / frequency penalties, temperature and top-k / top-p / min-p. So
+    they do not depend on the sampling settings, and a greedy pick without penalties is the
+    top-1.
     """
 
     text: str = ""
@@ -221,9 +230,6 @@ class GenerationChunk:
     ttft_s: float = 0.0
     reasoning: str = ""
     tool_calls: tuple[ToolCall, ...] = ()
-    # When asked (SamplingParams.logprobs): per entry of token_ids, its log-probability under
-    # the model's distribution (log-softmax of the logits, logit bias applied, before
-    # temperature and truncation), and the top-N alternatives as (token id, logprob), best first.
     logprobs: tuple[float, ...] = ()
     top_logprobs: tuple[tuple[tuple[int, float], ...], ...] = ()
 

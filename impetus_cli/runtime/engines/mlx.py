@@ -16,6 +16,7 @@ import copy
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,6 +67,12 @@ def _top(logprobs: Any, n: int) -> tuple[tuple[int, float], ...]:
     best_ids: list[int] = ids[order].tolist()  # type: ignore[assignment]
     best_values: list[float] = values[order].tolist()  # type: ignore[assignment]
     return tuple(zip(best_ids, best_values, strict=True))
+
+
+def _log_softmax(logits: Any) -> Any:
+    import mlx.core as mx
+
+    return logits - mx.logsumexp(logits)
 
 
 class _Decoder:
@@ -119,6 +126,15 @@ class _Stream:
     completion: int = 0
     finish: str = "length"
     first_at: float = 0.0
+    # Each step's logits before the penalty processors, oldest first, when logprobs are asked
+    # with penalties on: mlx-lm's own logprobs come after every processor, ours before them.
+    unpenalized: deque[Any] = field(default_factory=deque)
+
+    def tap(self, _tokens: Any, logits: Any) -> Any:
+        """A logits processor that records the logits it sees and changes nothing. It keeps
+        a new array (the row): the penalties assign into ``logits`` in place."""
+        self.unpenalized.append(logits[0])
+        return logits
 
 
 class MlxEngine:
@@ -291,7 +307,9 @@ class MlxEngine:
         n = min(common_prefix(entry.tokens, tokens), limit)
         return n if n == len(entry.tokens) or can_trim_prompt_cache(entry.cache) else 0
 
-    def _processors(self, s: SamplingParams, prefix: list[int]) -> tuple[Any, Any]:
+    def _processors(self, s: SamplingParams, prefix: list[int], st: _Stream) -> tuple[Any, Any]:
+        """The sampler, and the processors: logit bias, ``st.tap`` (when it is needed), then
+        the penalties. Processors see the cached prefix too (``_with_prefix``)."""
         from mlx_lm.sample_utils import make_logits_processors, make_sampler
 
         greedy = s.temperature <= 0
@@ -301,8 +319,8 @@ class MlxEngine:
             min_p=0.0 if greedy else s.min_p,
             top_k=0 if greedy else s.top_k,
         )
-        processors = make_logits_processors(
-            logit_bias=dict(s.logit_bias) if s.logit_bias else None,
+        bias = make_logits_processors(logit_bias=dict(s.logit_bias) if s.logit_bias else None)
+        penalties = make_logits_processors(
             repetition_penalty=s.repeat_penalty if s.repeat_penalty != 1.0 else None,
             repetition_context_size=PENALTY_CONTEXT,
             presence_penalty=s.presence_penalty or None,
@@ -310,16 +328,17 @@ class MlxEngine:
             frequency_penalty=s.frequency_penalty or None,
             frequency_context_size=PENALTY_CONTEXT,
         )
-        return sampler, _with_prefix(processors, prefix[-PENALTY_CONTEXT:])
+        tap = [st.tap] if penalties and s.logprobs is not None else []
+        return sampler, _with_prefix(bias + tap + penalties, prefix[-PENALTY_CONTEXT:])
 
-    def _steps(self, tokens: list[int], cached: int, sampling: SamplingParams) -> Any:
+    def _steps(self, tokens: list[int], cached: int, sampling: SamplingParams, st: _Stream) -> Any:
         import mlx.core as mx
         from mlx_lm.generate import generate_step
 
         # Unseeded requests must not replay the previous seeded one: reseed from the OS.
         seed = sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(4))
         mx.random.seed(seed)
-        sampler, processors = self._processors(sampling, tokens[:cached])
+        sampler, processors = self._processors(sampling, tokens[:cached], st)
         room = max(self.n_ctx - len(tokens), 0)
         limit = room if sampling.max_tokens is None else max(min(sampling.max_tokens, room), 0)
         return generate_step(
@@ -343,7 +362,7 @@ class MlxEngine:
         cached = self._prepare_cache(tokens)
         self.last_cached_tokens, self.last_evaluated_tokens = cached, len(tokens) - cached
         detok, stops, st = self._decoder(tokens), StopMatcher(sampling.stop), _Stream()
-        steps = self._steps(tokens, cached, sampling)
+        steps = self._steps(tokens, cached, sampling, st)
         try:
             for token_array, logprobs in steps:
                 token = int(token_array)
@@ -379,6 +398,8 @@ class MlxEngine:
         st.completion += 1
         st.pending.append(token)
         if s.logprobs is not None:
+            if st.unpenalized:  # the tap ran for this step (and maybe the next one already)
+                logprobs = _log_softmax(st.unpenalized.popleft())
             st.logprobs.append(float(logprobs[token].item()))
             st.top_logprobs.append(_top(logprobs, s.logprobs))
         return True

@@ -120,7 +120,7 @@ class Batcher:
             return
         s = job.sampling
         mx.random.seed(s.seed if s.seed is not None else int.from_bytes(os.urandom(4)))
-        sampler, processors = self.e._processors(s, [])
+        sampler, processors = self.e._processors(s, [], job.stream)
         (uid,) = gen.insert(
             [job.tokens[job.cached :]],
             max_tokens=[job.limit],
