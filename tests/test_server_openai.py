@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import struct
 import threading
 import urllib.request
@@ -344,15 +345,14 @@ def test_unknown_route_is_a_json_404(tiny_server: str) -> None:
 
 
 def test_chat_logprobs_streamed_and_not(tiny_server: str) -> None:
-    import math
-
     messages = [{"role": "user", "content": "log probabilities"}]
     ask = {"max_tokens": 6, "temperature": 0, "logprobs": True, "top_logprobs": 3}
     reply = client(tiny_server).chat.completions.create(model="tiny", messages=messages, **ask)
     content = reply.choices[0].logprobs.content
     assert 1 <= len(content) <= reply.usage.completion_tokens
     for entry in content:
-        assert entry.logprob <= 0 and bytes(entry.bytes).decode("utf-8", "replace") == entry.token
+        assert math.exp(entry.logprob) <= 1
+        assert bytes(entry.bytes).decode("utf-8", "replace") == entry.token
         tops = [t.logprob for t in entry.top_logprobs]
         assert len(tops) == 3 and tops == sorted(tops, reverse=True)
         assert entry.top_logprobs[0].token == entry.token  # greedy: the pick is the best
@@ -367,23 +367,96 @@ def test_chat_logprobs_streamed_and_not(tiny_server: str) -> None:
         if c.choices and c.choices[0].logprobs
         for e in c.choices[0].logprobs.content
     ]
+    # The same tokens; the numbers only up to float noise (the second prompt comes from cache).
     assert [e.token for e in streamed] == [e.token for e in content]
+    assert [e.logprob for e in streamed] == pytest.approx([e.logprob for e in content], abs=1e-4)
+    assert [len(e.top_logprobs) for e in streamed] == [3] * len(content)
 
 
-def test_top_logprobs_without_logprobs_is_a_400(tiny_server: str) -> None:
-    body = {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}
+def test_chat_logprobs_without_top_logprobs_list_no_alternatives(tiny_server: str) -> None:
+    reply = client(tiny_server).chat.completions.create(
+        model="tiny",
+        messages=[{"role": "user", "content": "just the pick"}],
+        max_tokens=4,
+        temperature=0,
+        logprobs=True,
+    )
+    content = reply.choices[0].logprobs.content
+    assert content and all(e.top_logprobs == [] and e.logprob <= 0 for e in content)
+    plain = client(tiny_server).chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "x"}], max_tokens=2, temperature=0
+    )
+    assert plain.choices[0].logprobs is None
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"top_logprobs": 2}, "top_logprobs"),  # OpenAI requires logprobs: true with it
+        ({"logprobs": False, "top_logprobs": 2}, "top_logprobs"),
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ({"logprobs": True, "top_logprobs": -1}, "top_logprobs"),
+        ({"logprobs": 3}, "logprobs"),  # chat takes a boolean; the number is top_logprobs
+    ],
+)
+def test_bad_chat_logprobs_requests_are_400s(
+    tiny_server: str, extra: dict[str, Any], param: str
+) -> None:
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "x"}], **extra}
     status, _, raw = raw_post(tiny_server, "/v1/chat/completions", body)
-    assert status == 400 and json.loads(raw)["error"]["param"] == "top_logprobs"
+    error = json.loads(raw)["error"]
+    assert status == 400 and error["param"] == param and error["type"] == "invalid_request_error"
+
+
+def test_a_byte_token_reports_its_own_bytes(tiny_server: str) -> None:
+    """Gemma spells a rare character as byte tokens: each entry's token is U+FFFD, its bytes are
+    the real ones, and together they make the reply."""
+    reply = client(tiny_server).chat.completions.create(
+        model="gemma3:270m",
+        messages=[{"role": "user", "content": "Repeat exactly: \U00013000\U00013001"}],
+        max_tokens=8,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=2,
+    )
+    content = reply.choices[0].logprobs.content
+    raw = b"".join(bytes(e.bytes) for e in content)
+    assert raw.decode("utf-8", "replace") == reply.choices[0].message.content
+    partial = [e for e in content if len(e.bytes) == 1 and e.bytes[0] >= 0x80]
+    assert partial and all(e.token == "\ufffd" for e in partial)
 
 
 def test_completion_logprobs_have_the_legacy_shape(tiny_server: str) -> None:
-    reply = client(tiny_server).completions.create(
-        model="tiny", prompt="one two three", max_tokens=5, temperature=0, logprobs=2
-    )
+    ask: dict[str, Any] = {"prompt": "one two three", "max_tokens": 5, "temperature": 0}
+    reply = client(tiny_server).completions.create(model="tiny", logprobs=2, **ask)
     lp = reply.choices[0].logprobs
     assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset)
-    assert all(len(top) <= 2 for top in lp.top_logprobs) and lp.text_offset[0] == 0
-    assert "".join(lp.tokens) == reply.choices[0].text
+    assert "".join(lp.tokens) == reply.choices[0].text and lp.text_offset[0] == 0
+    for token, value, offset, top in zip(
+        lp.tokens, lp.token_logprobs, lp.text_offset, lp.top_logprobs, strict=True
+    ):
+        assert math.exp(value) <= 1
+        assert reply.choices[0].text[offset:].startswith(token)
+        # Keyed by text: two byte tokens that both print as U+FFFD share one key.
+        values = list(top.values())
+        assert 1 <= len(top) <= 2 and values == sorted(values, reverse=True)
+        assert max(top, key=top.__getitem__) == token and math.isclose(values[0], value)
+    stream = client(tiny_server).completions.create(model="tiny", logprobs=2, stream=True, **ask)
+    parts = [c.choices[0].logprobs for c in stream if c.choices and c.choices[0].logprobs]
+    assert [t for p in parts for t in p.tokens] == lp.tokens
+    assert [o for p in parts for o in p.text_offset] == lp.text_offset
+    streamed = [v for p in parts for v in p.token_logprobs]
+    assert streamed == pytest.approx(lp.token_logprobs, abs=1e-4)  # float noise: cached prompt
+
+
+def test_completion_logprobs_zero_and_out_of_range(tiny_server: str) -> None:
+    body = {"model": "tiny", "prompt": "one", "max_tokens": 3, "temperature": 0, "logprobs": 0}
+    status, _, raw = raw_post(tiny_server, "/v1/completions", body)
+    lp = json.loads(raw)["choices"][0]["logprobs"]
+    assert status == 200 and lp["tokens"] and lp["top_logprobs"] == [{}] * len(lp["tokens"])
+    for bad_value in (21, -1, True):
+        status, _, raw = raw_post(tiny_server, "/v1/completions", {**body, "logprobs": bad_value})
+        assert status == 400 and json.loads(raw)["error"]["param"] == "logprobs"
 
 
 def test_a_follow_up_reports_its_cached_prompt_tokens(tiny_server: str) -> None:
