@@ -438,3 +438,35 @@ def test_a_request_joins_while_another_is_generating(pooled_engine: Any) -> None
 
 def test_a_quantized_cache_generates_serially(q8_engine: Any) -> None:
     assert not q8_engine.batched
+
+
+def test_the_server_reports_mlx_logprobs_to_the_openai_client(tiny_mlx_dir: Path) -> None:
+    import math
+
+    import openai
+
+    from impetus_cli.runtime.manager import ModelManager
+    from tests.fixtures.servers import Registry, server_settings, start_server
+
+    settings = server_settings()
+    manager = ModelManager(settings, store=Registry({"tiny-mlx": tiny_mlx_dir}), allow_paths=False)
+    with start_server(manager, settings) as url:
+        api = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+        ask: dict[str, Any] = {"max_tokens": 5, "temperature": 0, "logprobs": True}
+        messages = [{"role": "user", "content": "hello"}]
+        reply = api.chat.completions.create(
+            model="tiny-mlx", messages=messages, top_logprobs=2, **ask
+        )
+        content = reply.choices[0].logprobs.content
+        assert "".join(e.token for e in content) == reply.choices[0].message.content
+        assert len(content) == reply.usage.completion_tokens
+        for e in content:
+            assert e.top_logprobs[0].token == e.token and len(e.top_logprobs) == 2
+            assert math.isclose(e.top_logprobs[0].logprob, e.logprob, rel_tol=1e-5)
+        stream = api.completions.create(
+            model="tiny-mlx", prompt="def", max_tokens=5, temperature=0, logprobs=1, stream=True
+        )
+        parts = [c.choices[0] for c in stream if c.choices and c.choices[0].logprobs]
+        assert "".join(t for p in parts for t in p.logprobs.tokens) == "".join(
+            p.text for p in parts
+        )
