@@ -14,8 +14,13 @@ repetition so that drift in machine load hits all of them. Per server and repeti
   process start to the first 200 from /health.
 
     .venv/bin/python benchmarks/build_llama_cpp.py       # once: builds llama-server
-    .venv/bin/python benchmarks/serve_vs_peers.py [--reps 3] [--out results.json]
+    .venv/bin/python benchmarks/serve_vs_peers.py [--reps 3] [--out results.json] [--write]
     .venv/bin/python benchmarks/serve_vs_peers.py --quick  # smoke run, ~30 s
+    .venv/bin/python benchmarks/serve_vs_peers.py --from-json results.json --write
+
+`--write` puts the command, the machine and the table of ratios into BENCHMARKS.md, between its
+serve_vs_peers markers (the rest of the file is left as it is); `--from-json` renders a saved
+run instead of measuring.
 
 `python -m llama_cpp.server` needs llama-cpp-python's server extras; without them that server
 is skipped (and said so): pip install uvicorn fastapi sse-starlette starlette-context
@@ -63,8 +68,26 @@ LABELS = {
 }
 
 
+BEGIN = "<!-- serve_vs_peers: begin (written by benchmarks/serve_vs_peers.py --write) -->"
+END = "<!-- serve_vs_peers: end -->"
+
+
 def main() -> None:
     args = parse_args()
+    if args.from_json:
+        report = json.loads(args.from_json.read_text())
+    else:
+        report = measure(args)
+        if args.out:
+            args.out.write_text(json.dumps(report, indent=2))
+            print(f"\nresults: {args.out}")
+    print(f"\n{header(report)}\n\n{markdown(report)}")
+    if args.write:
+        write_section(args.write, f"{header(report)}\n\n{markdown(report)}")
+        print(f"\nwritten to {args.write}")
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
     model = peers.gemma_path()
     servers = [s for s in ORDER if s not in args.skip]
     if "llama-cpp-python" in servers and not server_extras_installed():
@@ -108,10 +131,21 @@ def main() -> None:
     report["command"] = shlex.join(
         [".venv/bin/python", "benchmarks/serve_vs_peers.py", *sys.argv[1:]]
     )
-    print(f"\n{header(report)}\n\n{markdown(report)}")
-    if args.out:
-        args.out.write_text(json.dumps(report, indent=2))
-        print(f"\nresults: {args.out}")
+    return report
+
+
+def write_section(path: Path, text: str) -> None:
+    """Replace what lies between the markers in `path` (or append them with the text), atomically."""
+    old = path.read_text() if path.exists() else ""
+    block = f"{BEGIN}\n{text}\n{END}"
+    start, end = old.find(BEGIN), old.find(END)
+    if start >= 0 and end > start:
+        new = old[:start] + block + old[end + len(END) :]
+    else:
+        new = old.rstrip("\n") + ("\n\n" if old else "") + block + "\n"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(new)
+    os.replace(tmp, path)
 
 
 def parse_args() -> argparse.Namespace:
@@ -138,6 +172,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--retries", type=int, default=2, help="re-measure a disturbed server")
     parser.add_argument("--quick", action="store_true", help="1 rep, small prompts: a smoke run")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument(
+        "--write",
+        type=Path,
+        nargs="?",
+        const=Path(__file__).resolve().parents[1] / "BENCHMARKS.md",
+        help="put the command, machine and table into this file (default BENCHMARKS.md)",
+    )
+    parser.add_argument("--from-json", type=Path, help="render a saved --out file, no measuring")
     args = parser.parse_args()
     args.chars_per_token = 0.0  # measured on the first server that reports usage
     if args.quick:
@@ -198,8 +240,8 @@ def header(report: dict[str, Any]) -> str:
     """The command and the machine, to go with the table into BENCHMARKS.md."""
     m = report["machine"]
     return (
-        f"Command: `{report['command']}` ({report['elapsed_s']:.0f} s)\n"
-        f"Machine: {m['cpu']}, {m['cores']} cores / {m['threads']} threads, {m['ram_gb']} GiB "
+        f"- command: `{report['command']}` ({report['elapsed_s']:.0f} s)\n"
+        f"- machine: {m['cpu']}, {m['cores']} cores / {m['threads']} threads, {m['ram_gb']} GiB "
         f"RAM, {m['os']}, Python {m['python']}, "
         f"llama-cpp-python {m['versions']['llama-cpp-python']}"
     )

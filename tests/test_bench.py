@@ -159,3 +159,29 @@ def test_bench_server_json_has_what_the_serve_vs_peers_suite_reads(tiny_server: 
     assert data["decode"]["completion_tokens"] == 8 and data["decode_tps"] > 0  # ignore_eos
     assert [s["completion_tokens"] for s in data["parallel"]] == [8, 8]
     assert data["parallel_aggregate_tps"] > 0 and data["parallel_worst_ttft_s"] > 0
+
+
+def test_serve_vs_peers_writes_its_table_between_the_markers_only(tmp_path: Path) -> None:
+    """--from-json --write renders a saved run into BENCHMARKS.md and leaves the rest alone."""
+    from benchmarks import serve_vs_peers as suite
+
+    saved = Path(suite.__file__).parent / "results" / "serve_vs_peers-2026-11-25b.json"
+    report = json.loads(saved.read_text())
+    table = suite.markdown(report)
+    assert "| decode (tok/s) | 87.4 ± 4.8 | 90.0 ± 1.7 | 70.6 ± 0.7 | 0.97x | 0.78x |" in table
+    assert "627 / 611 = 1.03x" in table
+
+    doc = tmp_path / "BENCHMARKS.md"
+    doc.write_text(f"# Benchmarks\n\nbefore\n\n{suite.BEGIN}\nold table\n{suite.END}\n\nafter\n")
+    suite.write_section(doc, f"{suite.header(report)}\n\n{table}")
+    text = doc.read_text()
+    assert "old table" not in text and "- command: `.venv/bin/python benchmarks/" in text
+    assert text.startswith("# Benchmarks\n\nbefore\n\n")
+    assert text.endswith(f"{suite.END}\n\nafter\n")
+    suite.write_section(doc, f"{suite.header(report)}\n\n{table}")
+    assert doc.read_text() == text  # rewriting the same run changes nothing
+
+    fresh = tmp_path / "new.md"
+    fresh.write_text("# Benchmarks\n")
+    suite.write_section(fresh, "table")
+    assert fresh.read_text() == f"# Benchmarks\n\n{suite.BEGIN}\ntable\n{suite.END}\n"
