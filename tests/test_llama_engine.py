@@ -253,6 +253,36 @@ def test_gemma_slots_trimmed_and_refilled_never_run_out_of_window_cells(gemma_gg
         engine.close()
 
 
+def test_gemma_sessions_sharing_a_system_prompt_reuse_its_snapshot(gemma_gguf: Path) -> None:
+    """On a sliding-window model a shared prefix cannot be copied between slots, and a session
+    that moved on no longer holds the window at its end: the second session evaluates the
+    system prompt and snapshots it there, the third loads the snapshot and answers as a cold
+    evaluation does."""
+    engine = load(gemma_gguf, n_ctx=4096, n_parallel=2, snapshot_bytes=200_000_000)
+    cold = load(gemma_gguf, n_ctx=1024)
+    try:
+        words = engine.tokenize(
+            " ".join(f"rule {i}: keep functions short." for i in range(1500)), special=False
+        )
+        system = [2, *words[:600]]
+        a = system + engine.tokenize(" Apples" + " and pears" * 900, special=False)[:1500]
+        b = system + engine.tokenize(" Bananas" + " or plums" * 900, special=False)[:1500]
+        c = system + engine.tokenize(" Cherries: which rule is first?", special=False)
+        greedy = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+        run(engine, a, greedy)
+        b_final = run(engine, b, greedy)[-1]
+        snapshots = engine._scheduler.snapshots
+        assert b_final.cached_tokens == 0  # A's window no longer reaches the system prompt
+        assert [s.tokens for s in snapshots.items] == [system]
+        c_chunks = run(engine, c, greedy)
+        assert c_chunks[-1].cached_tokens == len(system)  # loaded, not evaluated
+        assert text_of(c_chunks) == text_of(run(cold, c, greedy))
+        assert run(engine, c, greedy)[-1].cached_tokens == len(c) - 1  # C's own slot now
+    finally:
+        engine.close()
+        cold.close()
+
+
 # -- prompt cache on disk ---------------------------------------------------------------------
 
 

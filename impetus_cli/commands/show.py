@@ -72,7 +72,9 @@ def show(
         (
             "planned memory",
             f"{human_bytes(plan.total_bytes)} (weights {human_bytes(plan.weights_bytes)}, "
-            f"KV {human_bytes(plan.kv_bytes)}, buffers {human_bytes(plan.compute_bytes)})",
+            f"KV {human_bytes(plan.kv_bytes)}, buffers {human_bytes(plan.compute_bytes)}"
+            + (f", snapshots {human_bytes(plan.snapshot_bytes)}" if plan.snapshot_bytes else "")
+            + ")",
         ),
         ("tuning", "; ".join(plan.notes)),
     ]

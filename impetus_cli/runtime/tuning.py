@@ -2,8 +2,10 @@
 
 Pure arithmetic, no I/O. A model costs its weights (the file) + the KV cache for its context
 (2 * layers * kv_heads * head_dim * bytes per element, per token, per parallel sequence; layers
-with a sliding window hold only the window) + compute buffers. The context is the trained maximum capped by what fits the budget, aiming at
-32k tokens because coding agents send 13-18k on their first request.
+with a sliding window hold only the window) + compute buffers (+ on GGUF models with a sliding
+window, room for one sequence of prefix snapshots). The context is the trained maximum capped by
+what fits the budget, aiming at 32k tokens because coding agents send 13-18k on their first
+request.
 """
 
 from __future__ import annotations
@@ -55,21 +57,31 @@ def estimate_bytes(
     )
 
 
+def snapshot_bytes(info: ModelInfo, n_ctx: int, kv_type: str = "f16", n_ubatch: int = 512) -> int:
+    """Room for the prefix snapshots the GGUF engine keeps on models with a sliding window
+    (llama_batch.py: their shared prefixes cannot be copied between sequences): at most one
+    sequence's KV cache. Other models share prefixes in place and need none."""
+    return kv_bytes(info, n_ctx, kv_type, 1, n_ubatch) if info.swa_layers else 0
+
+
 def _largest_ctx(
-    info: ModelInfo, budget: int, kv_type: str, n_parallel: int, n_ubatch: int, flash_attn: bool
+    info: ModelInfo, budget: int, kv_type: str, n_ubatch: int, flash_attn: bool, snapshots: bool
 ) -> int:
-    """The largest multiple of 256 whose total fits the budget (the total grows with ctx; the
-    sliding-window layers' part does not, and is counted at its largest)."""
-    element = KV_ELEMENT_BYTES.get(kv_type, 2.0)
-    per_layer = 2 * info.n_kv_heads * info.head_dim * element
-    swa_bytes = per_layer * info.swa_layers * (info.sliding_window * n_parallel + n_ubatch)
-    fixed = info.file_bytes + compute_bytes(info, 0, n_ubatch, flash_attn) + int(swa_bytes)
-    per_token = int(per_layer * (info.n_layers - info.swa_layers) * n_parallel)
-    per_token += n_ubatch * 2 * n_parallel  # the attention mask's column for each cell
-    if not flash_attn:
-        per_token += n_ubatch * info.n_heads * 4
-    room = budget - fixed
-    return max(0, room // max(per_token, 1) // 256 * 256)
+    """The largest multiple of 256 (or the trained maximum) whose planned total (one sequence,
+    plus room for snapshots when the engine keeps them) fits the budget; 0 if none does. A
+    binary search: the total grows with the context."""
+
+    def fits(ctx: int) -> bool:
+        total = estimate_bytes(info, ctx, kv_type, 1, n_ubatch, flash_attn)
+        total += snapshot_bytes(info, ctx, kv_type, n_ubatch) if snapshots else 0
+        return total <= budget
+
+    trained = max(info.context_length, MIN_CTX)
+    lo, hi = 0, -(-trained // 256)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(min(mid * 256, trained)) else (lo, mid - 1)
+    return min(lo * 256, trained)
 
 
 def _threads(hw: HardwareProfile, settings: Settings) -> tuple[int, str]:
@@ -110,6 +122,12 @@ def plan_load(
     ctx = _choose_ctx(model, info, settings, budget_bytes, kv_type, n_ubatch, flash_attn, notes)
     n_parallel, why = _parallel(info, budget_bytes, ctx, settings)
     notes.append(why)
+    snapshots = snapshot_bytes(info, ctx, kv_type, n_ubatch) if model.format == "gguf" else 0
+    if snapshots:
+        notes.append(
+            f"{snapshots / 1e9:.2f} GB for prefix snapshots: a sliding window keeps shared "
+            "prefixes from being copied between conversations"
+        )
     return LoadPlan(
         model=model,
         n_ctx=ctx,
@@ -124,6 +142,7 @@ def plan_load(
         weights_bytes=info.file_bytes,
         kv_bytes=kv_bytes(info, ctx, kv_type, n_parallel, n_ubatch),
         compute_bytes=compute_bytes(info, ctx, n_ubatch, flash_attn, n_parallel),
+        snapshot_bytes=snapshots,
         notes=tuple(notes),
         prompt_cache_dir=settings.prompt_cache_dir if settings.prompt_cache else None,
     )
@@ -140,9 +159,11 @@ def _choose_ctx(
     notes: list[str],
 ) -> int:
     trained = info.context_length
-    fits = _largest_ctx(info, budget, kv_type, 1, n_ubatch, flash_attn)
+    snapshots = model.format == "gguf"  # (they take room only on models with a window)
+    fits = _largest_ctx(info, budget, kv_type, n_ubatch, flash_attn, snapshots)
     if fits < MIN_CTX:
         need = estimate_bytes(info, MIN_CTX, kv_type, 1, n_ubatch, flash_attn)
+        need += snapshot_bytes(info, MIN_CTX, kv_type, n_ubatch) if snapshots else 0
         raise InsufficientMemory(
             f"{model.name} needs {need / 1e9:.1f} GB even with a {MIN_CTX}-token context; "
             f"the memory budget is {budget / 1e9:.1f} GB.",

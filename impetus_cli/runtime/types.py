@@ -121,10 +121,11 @@ class LoadPlan:
     compute_bytes: int
     notes: tuple[str, ...] = ()
     prompt_cache_dir: Path | None = None  # where the KV cache is saved at unload (GGUF)
+    snapshot_bytes: int = 0  # the most prefix snapshots may hold (GGUF, sliding window)
 
     @property
     def total_bytes(self) -> int:
-        return self.weights_bytes + self.kv_bytes + self.compute_bytes
+        return self.weights_bytes + self.kv_bytes + self.compute_bytes + self.snapshot_bytes
 
 
 @dataclass(frozen=True)

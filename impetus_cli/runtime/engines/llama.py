@@ -70,7 +70,9 @@ class LlamaEngine:
             n_swa = int(lib.llama_model_n_swa(model))
             kv_type = effective_kv_type(plan, info)
             self._disk = DiskCache(plan.prompt_cache_dir, info, kv_type, n_swa)
-        self._scheduler = Scheduler(self, self._n_slots, n_batch, self._disk)
+        self._scheduler = Scheduler(
+            self, self._n_slots, n_batch, self._disk, snapshot_bytes=plan.snapshot_bytes
+        )
 
     @classmethod
     def load(cls, plan: LoadPlan, info: ModelInfo) -> LlamaEngine:

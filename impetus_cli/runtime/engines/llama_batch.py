@@ -12,7 +12,8 @@ extends them evaluates only the new tokens. A request goes to the free slot whos
 the fewest cached tokens (``_pick_slot``); when another slot, even a busy one, holds a longer
 prefix of the prompt (the system prompt two agent sessions share), its cells are copied
 (``llama_memory_seq_cp``: in the unified KV cache the copy shares the cells, nothing is evaluated),
-except on models with a sliding window (see ``can_copy``).
+except on models with a sliding window (see ``can_copy``), which keep snapshots of shared prefixes
+instead (llama_snapshots.py).
 
 The consumer side (``Request.out``) is a queue of chunks read by the thread that called
 ``generate``; detokenization and stop strings run here so a finished slot is free at once.
@@ -30,6 +31,7 @@ from typing import Any
 from impetus_cli.errors import EngineError, ImpetusError
 from impetus_cli.runtime.engines.llama_cache import DiskCache
 from impetus_cli.runtime.engines.llama_native import Sampler, llama_said
+from impetus_cli.runtime.engines.llama_snapshots import Snapshots
 from impetus_cli.runtime.types import GenerationChunk, SamplingParams
 
 # A prefix is copied from another slot only when it saves at least this many tokens.
@@ -62,6 +64,7 @@ class Request:
     sampler: Sampler | None = None
     cached: int = 0  # prompt tokens reused from the cache
     fed: int = 0  # prompt tokens in the cache so far (cached + evaluated)
+    checkpoint: int = 0  # snapshot the sequence when ``fed`` reaches this (0: never)
     next_token: int = -1  # sampled, goes into the next batch
     generated: int = 0
     pending: list[int] = field(default_factory=list)  # token ids not yet sent with text
@@ -84,7 +87,14 @@ class Request:
 class Scheduler:
     """Owns the context's decode loop in one thread; requests come in through ``submit``."""
 
-    def __init__(self, engine: Any, n_slots: int, n_batch: int, disk: DiskCache | None = None):
+    def __init__(
+        self,
+        engine: Any,
+        n_slots: int,
+        n_batch: int,
+        disk: DiskCache | None = None,
+        snapshot_bytes: int = 0,
+    ):
         self.e = engine  # the LlamaEngine: lib, ctx, vocab, memory, piece()
         self.disk = disk
         self.lib = engine._lib
@@ -96,6 +106,11 @@ class Scheduler:
         # when one sequence holds it: copied prefixes would fill the small window cache until
         # decoding fails ("failed to find a memory slot"). So models with a window never copy.
         self.can_copy = self.n_swa <= 0
+        self.snapshots: Snapshots | None = None
+        if not self.can_copy and snapshot_bytes > 0:
+            self.snapshots = Snapshots(
+                self.lib, engine._ctx, engine._mem, self.n_swa, snapshot_bytes
+            )
         self._waiting: list[Request] = []
         self._active: list[Request] = []  # admitted, in admission order
         self._cv = threading.Condition()
@@ -148,7 +163,10 @@ class Scheduler:
             return
         slot = self._pick_slot(r.tokens)
         slot.request, slot.last_used, r.slot = r, time.monotonic(), slot
+        shared = max(common_prefix(s.tokens, r.tokens) for s in self.slots)
         r.cached = r.fed = self._reuse_prefix(slot, r.tokens)
+        if self.snapshots is not None:
+            r.checkpoint = self.snapshots.wanted(r.tokens, min(shared, len(r.tokens) - 1), r.cached)
         self.e.last_cached_tokens = r.cached
         self.e.last_evaluated_tokens = len(r.tokens) - r.cached
         from impetus_cli.runtime.templates import StopMatcher
@@ -170,7 +188,7 @@ class Scheduler:
         in its slot, while a second agent session that shares only the system prompt takes
         another slot and leaves the first session's cache alone."""
         free = [s for s in self.slots if s.request is None]
-        shared = {s.seq_id: common_prefix(s.tokens, tokens) for s in free}
+        shared = {s.seq_id: self._usable(s, common_prefix(s.tokens, tokens)) for s in free}
         best = max(free, key=lambda s: (shared[s.seq_id], -s.last_used))
         others = [s for s in free if s is not best]
         if others and (self.can_copy or not shared[best.seq_id]):
@@ -193,8 +211,15 @@ class Scheduler:
                 if n >= best + MIN_COPY and self._window_kept(other, n):
                     donor, best = other, n
         mem = self.e._mem
-        if self.disk is not None and self._restore(slot, tokens, limit, best):
+        snap, n_snap = self.snapshots.best(tokens, limit) if self.snapshots else (None, 0)
+        if self.disk is not None and self._restore(slot, tokens, limit, max(best, n_snap)):
             return min(len(slot.tokens), limit)
+        if snap is not None and n_snap >= best + MIN_COPY and self.snapshots is not None:
+            if self.snapshots.load(slot.seq_id, snap):
+                self.lib.llama_memory_seq_rm(mem, slot.seq_id, n_snap, -1)
+                slot.tokens = snap.tokens[:n_snap]
+                return n_snap
+            slot.tokens, own = [], 0  # the load emptied the sequence
         if donor is not None:
             self.lib.llama_memory_seq_rm(mem, slot.seq_id, -1, -1)
             self.lib.llama_memory_seq_cp(mem, donor.seq_id, slot.seq_id, 0, best)
@@ -224,6 +249,10 @@ class Scheduler:
         slot.tokens = restored[:n]
         return True
 
+    def _usable(self, slot: Slot, keep: int) -> int:
+        """``keep`` if the slot's first ``keep`` tokens can be reused, else 0."""
+        return keep if self._window_kept(slot, keep) else 0
+
     def _window_kept(self, slot: Slot, keep: int) -> bool:
         """Sliding-window layers drop positions older than their window; a prefix ending at
         ``keep`` is reusable only if the window before it is still cached (as llama-server
@@ -247,7 +276,8 @@ class Scheduler:
             room = self.n_batch - n
             if r.fed == len(r.tokens) or room <= 0:
                 continue
-            chunk = r.tokens[r.fed : r.fed + room]
+            end = r.checkpoint if r.fed < r.checkpoint else len(r.tokens)
+            chunk = r.tokens[r.fed : min(r.fed + room, end)]
             last = r.fed + len(chunk) == len(r.tokens)
             n = self._put(n, r, chunk, logits=last)
             parts.append((r, chunk, n - 1 if last else -1))
@@ -263,6 +293,9 @@ class Scheduler:
         for r, added, index in parts:
             assert r.slot is not None
             r.slot.tokens.extend(added)
+            if r.checkpoint and len(r.slot.tokens) == r.checkpoint and self.snapshots is not None:
+                self.snapshots.take(r.slot.seq_id, r.slot.tokens)
+                r.checkpoint = 0
             if index < 0:
                 continue
             if not r.prompt_done:
