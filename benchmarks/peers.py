@@ -155,7 +155,7 @@ def measure_server(
         depths = [args.first_tokens] + ([args.deep_tokens] if args.deep_tokens else [])
         bench = [sys.executable, "-m", "impetus_cli", "bench", MODEL, "--server", url]
         bench += ["--depths", ",".join(map(str, depths)), "-n", str(args.decode_tokens)]
-        bench += ["--parallel", str(args.streams), "--json"]
+        bench += ["--parallel", str(args.streams), "--sessions", str(args.sessions), "--json"]
         if args.chars_per_token:
             # measured once, on the first server that reports usage: every server gets prompts
             # of the same size (llama-cpp-python's reports none to calibrate on)
@@ -192,6 +192,12 @@ def from_agent_bench(data: dict[str, Any], depths: list[int]) -> dict[str, float
         "parallel_worst_ttft_s": float(data["parallel_worst_ttft_s"]),
         "parallel_tokens": float(sum(s["completion_tokens"] for s in data["parallel"])),
     }
+    sessions, again = data.get("sessions") or [], data.get("session_follow_up")
+    if len(sessions) >= 3 and again:
+        result["session3_ttft_s"] = sessions[2]["ttft_s"]
+        result["session1_ttft_s"] = sessions[0]["ttft_s"]
+        result["session_prompt_tokens"] = float(sessions[2]["prompt_tokens"])
+        result["session_follow_ttft_s"] = again["ttft_s"]
     if len(depths) > 1:
         deep = data["first_turn"][str(depths[1])]
         result["deep_ttft_s"] = deep["ttft_s"]

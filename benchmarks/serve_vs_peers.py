@@ -9,6 +9,10 @@ repetition so that drift in machine load hits all of them. Per server and repeti
   instructions plus a request), cold (a unique first line: nothing cached), and of an ~8k one;
 - follow-up: time to first token of the 2.6k conversation plus a reply and one short turn;
 - decode: tokens/s of one 128-token streamed reply (first token to last);
+- sessions: three sessions of one agent (new tasks) that share the 2.6k-token instructions, each
+  followed by a tool result as long; time to first token of the first session (nothing
+  cached) and of the third (the instructions could come from the cache), then of the first
+  session's follow-up (its own cache, if the server kept it through the two others);
 - four streams: four concurrent 128-token streams, aggregate tokens/s and the worst TTFT;
 - RSS of the loaded server; for impetus also an idle start with no model: RSS and the time from
   process start to the first 200 from /health.
@@ -53,6 +57,9 @@ TARGETS = {  # measure -> (impetus / llama-server target, higher is better?)
     "first_ttft_s": ("<= 1.1x", False),
     "follow_ttft_s": ("<= 1.2x", False),
     "deep_ttft_s": ("<= 1.1x", False),
+    "session1_ttft_s": ("-", False),
+    "session3_ttft_s": ("-", False),
+    "session_follow_ttft_s": ("-", False),
     "parallel_tps": (">= 0.9x", True),
     "parallel_worst_ttft_s": ("-", False),
     "rss_mb": ("-", False),
@@ -62,6 +69,9 @@ LABELS = {
     "first_ttft_s": "first-turn TTFT, {first_tokens} tokens (s)",
     "follow_ttft_s": "follow-up TTFT, +{follow_new} tokens (s)",
     "deep_ttft_s": "first-turn TTFT, {deep_tokens} tokens (s)",
+    "session1_ttft_s": "session 1 of 3, {session_tokens} tokens: TTFT (s)",
+    "session3_ttft_s": "session 3, same instructions, new task: TTFT (s)",
+    "session_follow_ttft_s": "session 1 follow-up after sessions 2 and 3: TTFT (s)",
     "parallel_tps": "4 streams, aggregate (tok/s)",
     "parallel_worst_ttft_s": "4 streams, worst TTFT (s)",
     "rss_mb": "RSS with the model loaded (MB)",
@@ -161,6 +171,9 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--decode-tokens", type=int, default=128)
     parser.add_argument("--streams", type=int, default=4, help="parallel streams")
+    parser.add_argument(
+        "--sessions", type=int, default=3, help="sessions sharing instructions (0: skip)"
+    )
     parser.add_argument("--parallel", type=int, help="impetus serve --parallel (default: its own)")
     parser.add_argument("--skip", action="append", default=[], choices=ORDER)
     parser.add_argument(
@@ -184,7 +197,7 @@ def parse_args() -> argparse.Namespace:
     args.chars_per_token = 0.0  # measured on the first server that reports usage
     if args.quick:
         args.reps, args.first_tokens, args.decode_tokens, args.max_wait = 1, 600, 32, 0.0
-        args.deep_tokens = 0
+        args.deep_tokens, args.sessions = 0, 0
     return args
 
 
@@ -227,6 +240,7 @@ def summarize(
             "decode_tokens": args.decode_tokens,
             "deep_tokens": args.deep_tokens,
             "streams": args.streams,
+            "sessions": args.sessions,
         },
         "commands": {s: peers.command(s, args, model, binary, port=0) for s in servers},
         "results": table,
@@ -269,6 +283,7 @@ def markdown(report: dict[str, Any]) -> str:
         "first_tokens": round(res_mean(res, "first_prompt_tokens")),
         "follow_new": round(res_mean(res, "follow_new_tokens")),
         "deep_tokens": round(res_mean(res, "deep_prompt_tokens")),
+        "session_tokens": round(res_mean(res, "session_prompt_tokens")),
     }
     lines = [
         "| measure | impetus | llama-server | llama-cpp-python | impetus / llama-server "
@@ -278,6 +293,8 @@ def markdown(report: dict[str, Any]) -> str:
     for key, label in LABELS.items():
         if key == "deep_ttft_s" and not fmt["deep_tokens"]:
             continue  # not asked for (--deep-tokens)
+        if key.startswith("session") and not fmt["session_tokens"]:
+            continue  # not measured (--sessions 0, or a saved run from before they were)
         digits = 2 if key.endswith("_s") else 1
         lines.append(
             f"| {label.format(**fmt)} | {cell(imp.get(key), digits)} "

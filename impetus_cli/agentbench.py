@@ -2,7 +2,8 @@
 
 Works against any OpenAI-compatible server (Impetus, llama-server, llama-cpp-python's server):
 time to first token at agent-sized prompt depths, the follow-up turn that should reuse the cached
-prefix, single-stream decode speed, and N parallel streams. Prompts open with a random nonce so
+prefix, new sessions (tasks) that share the agent's instructions, single-stream decode speed,
+and N parallel streams. Prompts open with a random nonce so
 that nothing from an earlier run is cached. One short untimed request warms the server up first.
 
 The agent's instructions open the first user turn rather than a system message: some chat formats
@@ -40,6 +41,7 @@ class StreamStats:
     ttft_s: float
     total_s: float
     last_token_s: float = 0.0  # request start to the last content delta (0: unknown)
+    reply: str = ""  # the streamed content
 
     @property
     def decode_tps(self) -> float:
@@ -62,6 +64,8 @@ class AgentBench:
     parallel: tuple[StreamStats, ...] = ()
     parallel_wall_s: float = 0.0
     chars_per_token: float = 0.0  # how the prompts were sized
+    sessions: tuple[StreamStats, ...] = ()  # first turns of sessions sharing instructions
+    session_follow_up: StreamStats | None = None  # the first session's, after the others
 
     @property
     def parallel_aggregate_tps(self) -> float:
@@ -84,6 +88,8 @@ class AgentBench:
             "parallel_aggregate_tps": self.parallel_aggregate_tps,
             "parallel_worst_ttft_s": self.parallel_worst_ttft_s,
             "chars_per_token": self.chars_per_token,
+            "sessions": [asdict(s) for s in self.sessions],
+            "session_follow_up": asdict(self.session_follow_up) if self.session_follow_up else None,
         }
 
 
@@ -99,7 +105,7 @@ def stream_once(
     start = time.perf_counter()
     first: float | None = None
     last = start
-    chunks, usage = 0, dict[str, Any]()
+    chunks, usage, reply = 0, dict[str, Any](), []
     for event in client.chat_stream(
         model,
         messages,
@@ -110,10 +116,11 @@ def stream_once(
     ):
         usage = event.get("usage") or usage
         for choice in event.get("choices") or []:
-            if (choice.get("delta") or {}).get("content"):
+            if content := (choice.get("delta") or {}).get("content"):
                 last = time.perf_counter()
                 first = first or last
                 chunks += 1
+                reply.append(content)
     end = time.perf_counter()
     return StreamStats(
         prompt_tokens=int(usage.get("prompt_tokens") or 0),
@@ -121,6 +128,7 @@ def stream_once(
         ttft_s=(first or end) - start,
         total_s=end - start,
         last_token_s=(last if first else end) - start,
+        reply="".join(reply),
     )
 
 
@@ -154,13 +162,15 @@ def run_agent_bench(
     parallel: int = 4,
     progress: Callable[[str], None] = lambda _: None,
     ratio: float | None = None,
+    sessions: int = 0,
 ) -> AgentBench:
     """``ratio``: characters per token to size the prompts; None: calibrate on the server
     (a server that reports no usage needs it given, else prompts are sized at 4.0).
 
     Measured, in order: per depth a cold first turn (a unique nonce opens it) and its follow-up
-    (the same conversation plus a reply and a short user turn); one ``n_gen``-token stream for
-    decode; ``parallel`` concurrent ``n_gen``-token streams started together."""
+    (the same conversation plus a reply and a short user turn); ``sessions`` sessions sharing
+    instructions of the first depth, each with a tool result as long (see ``_sessions``); one ``n_gen``-token stream for decode;
+    ``parallel`` concurrent ``n_gen``-token streams started together."""
     progress("warm-up")
     warm_up(client, model)
     ratio = ratio or chars_per_token(client, model)
@@ -177,6 +187,12 @@ def run_agent_bench(
             {"role": "user", "content": "Now add a /health endpoint."},
         ]
         follow_up[depth] = stream_once(client, model, turn2, 32)
+    opened: tuple[StreamStats, ...] = ()
+    again = None
+    if sessions and depths:
+        progress(f"{sessions} sessions sharing {depths[0]} tokens of instructions")
+        size = int(depths[0] * ratio)
+        opened, again = _sessions(client, model, sessions, size, size)
     progress("decode")
     short = [
         {"role": "user", "content": f"{uuid.uuid4().hex}: write a long story about a compiler."}
@@ -185,8 +201,41 @@ def run_agent_bench(
     progress(f"{parallel} parallel streams")
     stats, wall = _parallel(client, model, parallel, n_gen)
     return AgentBench(
-        client.base_url, model, first_turn, follow_up, decode, tuple(stats), wall, ratio
+        client.base_url,
+        model,
+        first_turn,
+        follow_up,
+        decode,
+        tuple(stats),
+        wall,
+        ratio,
+        opened,
+        again,
     )
+
+
+def _sessions(
+    client: ImpetusClient, model: str, n: int, chars: int, work_chars: int
+) -> tuple[tuple[StreamStats, ...], StreamStats]:
+    """``n`` sessions of one agent, as every new task opens one: the same instructions (cold:
+    a nonce of their own), a different task, and a file of ``work_chars`` characters the agent
+    read (the session moving on). Then the first session's follow-up, with the reply it got
+    sent back as agents do. Session 1 pays for the instructions; a server that keeps shared
+    prefixes and several conversations serves the later sessions from the cached instructions
+    and the follow-up from the first session's cache."""
+    instructions = agent_prompt(chars)
+    turns = []
+    for k in range(n):
+        read = agent_prompt(work_chars)  # its own nonce: a different file
+        task = f"Task {k + 1}: apply the contributing guide below to the repository.\n\n{read}"
+        turns.append([{"role": "user", "content": f"{instructions}\n\n{task}"}])
+    opened = tuple(stream_once(client, model, turn, 32) for turn in turns)
+    follow = [
+        *turns[0],
+        {"role": "assistant", "content": opened[0].reply},
+        {"role": "user", "content": "Now run the tests."},
+    ]
+    return opened, stream_once(client, model, follow, 32)
 
 
 def warm_up(client: ImpetusClient, model: str) -> None:
@@ -235,6 +284,11 @@ def summary_rows(bench: AgentBench) -> list[tuple[str, str]]:
         rows.append((f"first-turn TTFT @ {s.prompt_tokens or depth} tok", f"{s.ttft_s:.2f} s"))
         f = bench.follow_up[depth]
         rows.append((f"follow-up TTFT @ {f.prompt_tokens or depth} tok", f"{f.ttft_s:.2f} s"))
+    for k, s in enumerate(bench.sessions):
+        rows.append((f"session {k + 1} TTFT @ {s.prompt_tokens} tok", f"{s.ttft_s:.2f} s"))
+    if bench.session_follow_up:
+        f = bench.session_follow_up
+        rows.append((f"session 1 follow-up TTFT @ {f.prompt_tokens} tok", f"{f.ttft_s:.2f} s"))
     if bench.decode:
         rows.append(("decode", f"{bench.decode.decode_tps:.1f} tok/s"))
     if bench.parallel:

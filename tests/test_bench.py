@@ -149,6 +149,7 @@ def test_calibrated_prompts_grow_by_the_depth_asked_and_decode_ends_at_the_last_
 def test_bench_server_json_has_what_the_serve_vs_peers_suite_reads(tiny_server: str) -> None:
     """benchmarks/serve_vs_peers.py runs this command against every server and maps its JSON."""
     sizes = ["--depths", "128,256", "-n", "8", "--parallel", "2", "--chars-per-token", "1.5"]
+    sizes += ["--sessions", "3"]
     out = CliRunner().invoke(app, ["bench", "tiny", "--server", tiny_server, *sizes, "--json"])
     assert out.exit_code == 0, out.output
     data = json.loads(out.stdout)
@@ -159,6 +160,10 @@ def test_bench_server_json_has_what_the_serve_vs_peers_suite_reads(tiny_server: 
     assert data["decode"]["completion_tokens"] == 8 and data["decode_tps"] > 0  # ignore_eos
     assert [s["completion_tokens"] for s in data["parallel"]] == [8, 8]
     assert data["parallel_aggregate_tps"] > 0 and data["parallel_worst_ttft_s"] > 0
+    one, two, three = data["sessions"]  # instructions of the first depth and a tool result
+    assert one["prompt_tokens"] > 2 * 100 and three["ttft_s"] > 0
+    assert abs(one["prompt_tokens"] - three["prompt_tokens"]) < 20  # same shape, new task
+    assert data["session_follow_up"]["prompt_tokens"] > one["prompt_tokens"]
 
 
 def test_serve_vs_peers_writes_its_table_between_the_markers_only(tmp_path: Path) -> None:

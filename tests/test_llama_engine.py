@@ -283,6 +283,33 @@ def test_gemma_sessions_sharing_a_system_prompt_reuse_its_snapshot(gemma_gguf: P
         cold.close()
 
 
+def test_gemma_follow_up_with_a_retokenized_reply_rolls_back_to_its_checkpoint(
+    gemma_gguf: Path,
+) -> None:
+    """A follow-up whose replayed reply differs from the generated tokens shares the prompt
+    only; once another conversation has reused the cells that fell out of the first one's
+    window, only the window checkpoint taken near the end of its prompt avoids evaluating it
+    all again, and the answer is the one a cold evaluation gives."""
+    engine = load(gemma_gguf, n_ctx=4096, n_parallel=2, snapshot_bytes=200_000_000)
+    cold = load(gemma_gguf, n_ctx=2048)
+    try:
+        words = engine.tokenize(
+            " ".join(f"note {i}: tests first." for i in range(1200)), special=False
+        )
+        a = [2, *words[:1500]]
+        other = [2, *engine.tokenize(" Plums" + " and figs" * 1600, special=False)[:3000]]
+        greedy = SamplingParams(max_tokens=16, temperature=0, ignore_eos=True)
+        run(engine, a, greedy)
+        run(engine, other, greedy)  # the other slot; it takes the cells outside a's window
+        follow = a + engine.tokenize(" (a reply sent back differently) and now?", special=False)
+        chunks = run(engine, follow, greedy)
+        assert chunks[-1].cached_tokens == len(a) - 4  # from the checkpoint, not from zero
+        assert text_of(chunks) == text_of(run(cold, follow, greedy))
+    finally:
+        engine.close()
+        cold.close()
+
+
 # -- prompt cache on disk ---------------------------------------------------------------------
 
 

@@ -107,21 +107,22 @@ def test_sliding_window_layers_hold_only_their_window(gemma_gguf: Path) -> None:
     assert p.kv_bytes < plan(no_window, linux(), Settings(ctx=8192, parallel=4)).kv_bytes / 4
 
 
-def test_gguf_models_with_a_window_plan_room_for_one_sequence_of_snapshots(
+def test_gguf_models_with_a_window_plan_room_for_snapshots_and_checkpoints(
     gemma_gguf: Path,
 ) -> None:
     info = inspect_model(gemma_gguf)
     p = plan(info, linux(), Settings(ctx=8192, parallel=4))
     one = plan(info, linux(), Settings(ctx=8192, parallel=1))
-    assert p.snapshot_bytes == one.kv_bytes > 0
+    window = 2 * info.n_kv_heads * info.head_dim * 2 * info.swa_layers * (512 + 512)
+    assert p.snapshot_bytes == one.kv_bytes + 4 * window  # a snapshot, a checkpoint per slot
     assert p.total_bytes == p.weights_bytes + p.kv_bytes + p.compute_bytes + p.snapshot_bytes
     assert any("prefix snapshots" in note for note in p.notes)
     assert plan(replace(info, format="mlx"), linux()).snapshot_bytes == 0  # mlx-lm copies caches
     assert plan(QWEN_7B, linux()).snapshot_bytes == 0  # no window: prefixes are shared in place
-    budget = int(info.file_bytes + 0.1 * GB)
+    budget = int(info.file_bytes + 0.15 * GB)
     tight = plan(info, linux(), budget=budget)
     assert tight.n_ctx < info.context_length and tight.snapshot_bytes > 0
-    assert budget - 1_000_000 < tight.total_bytes <= budget  # the context makes room for them
+    assert budget - 3_000_000 < tight.total_bytes <= budget  # the context makes room for them
 
 
 def test_the_estimate_grows_with_context_and_sequences() -> None:

@@ -57,6 +57,12 @@ def bench(
         float | None,
         typer.Option(help="Size --server prompts with this ratio instead of calibrating."),
     ] = None,
+    sessions: Annotated[
+        int,
+        typer.Option(
+            min=0, help="--server: sessions sharing the first depth's instructions (0: none)."
+        ),
+    ] = 0,
 ) -> None:
     """Prompt and generation tokens/s (llama-bench's method), against what this chip should do."""
     from impetus_cli.runtime.config import load_settings
@@ -65,7 +71,9 @@ def bench(
     if history:
         _show_history(settings, as_json)
     elif server:
-        _bench_server(server, model, settings, parallel, n_gen, depths, as_json, chars_per_token)
+        _bench_server(
+            server, model, settings, parallel, n_gen, depths, as_json, chars_per_token, sessions
+        )
     else:
         runs = _bench_local(
             settings, model or settings.default_model, backend, n_prompt, n_gen, reps, depth
@@ -302,6 +310,7 @@ def _bench_server(
     depths: str,
     as_json: bool,
     chars_per_token: float | None = None,
+    sessions: int = 0,
 ) -> None:
     from rich.table import Table
 
@@ -331,6 +340,7 @@ def _bench_server(
             parallel=parallel,
             progress=lambda s: status.update(s),
             ratio=chars_per_token,
+            sessions=sessions,
         )
     if as_json:
         print_json(result.to_dict())

@@ -57,11 +57,19 @@ def estimate_bytes(
     )
 
 
-def snapshot_bytes(info: ModelInfo, n_ctx: int, kv_type: str = "f16", n_ubatch: int = 512) -> int:
-    """Room for the prefix snapshots the GGUF engine keeps on models with a sliding window
-    (llama_batch.py: their shared prefixes cannot be copied between sequences): at most one
-    sequence's KV cache. Other models share prefixes in place and need none."""
-    return kv_bytes(info, n_ctx, kv_type, 1, n_ubatch) if info.swa_layers else 0
+def snapshot_bytes(
+    info: ModelInfo, n_ctx: int, kv_type: str = "f16", n_ubatch: int = 512, n_parallel: int = 1
+) -> int:
+    """Room for what the GGUF engine keeps on models with a sliding window (llama_snapshots.py):
+    prefix snapshots of at most one sequence's KV cache, and a window checkpoint per sequence
+    (the sliding-window layers' window and one micro-batch). Models without a window share
+    prefixes in place and roll back freely: none."""
+    if not info.swa_layers:
+        return 0
+    element = KV_ELEMENT_BYTES.get(kv_type, 2.0)
+    window = 2 * info.n_kv_heads * info.head_dim * element * info.swa_layers
+    window *= min(n_ctx, info.sliding_window + n_ubatch)
+    return kv_bytes(info, n_ctx, kv_type, 1, n_ubatch) + int(window) * n_parallel
 
 
 def _largest_ctx(
@@ -122,11 +130,12 @@ def plan_load(
     ctx = _choose_ctx(model, info, settings, budget_bytes, kv_type, n_ubatch, flash_attn, notes)
     n_parallel, why = _parallel(info, budget_bytes, ctx, settings)
     notes.append(why)
-    snapshots = snapshot_bytes(info, ctx, kv_type, n_ubatch) if model.format == "gguf" else 0
+    gguf = model.format == "gguf"
+    snapshots = snapshot_bytes(info, ctx, kv_type, n_ubatch, n_parallel) if gguf else 0
     if snapshots:
         notes.append(
-            f"{snapshots / 1e9:.2f} GB for prefix snapshots: a sliding window keeps shared "
-            "prefixes from being copied between conversations"
+            f"{snapshots / 1e9:.2f} GB for prefix snapshots and window checkpoints: a sliding "
+            "window keeps prefixes from being shared or rolled back in place"
         )
     return LoadPlan(
         model=model,

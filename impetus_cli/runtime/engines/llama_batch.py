@@ -65,6 +65,7 @@ class Request:
     cached: int = 0  # prompt tokens reused from the cache
     fed: int = 0  # prompt tokens in the cache so far (cached + evaluated)
     checkpoint: int = 0  # snapshot the sequence when ``fed`` reaches this (0: never)
+    window_at: int = 0  # take a window checkpoint when ``fed`` reaches this (0: never)
     next_token: int = -1  # sampled, goes into the next batch
     generated: int = 0
     pending: list[int] = field(default_factory=list)  # token ids not yet sent with text
@@ -167,6 +168,8 @@ class Scheduler:
         r.cached = r.fed = self._reuse_prefix(slot, r.tokens)
         if self.snapshots is not None:
             r.checkpoint = self.snapshots.wanted(r.tokens, min(shared, len(r.tokens) - 1), r.cached)
+            at = self.snapshots.checkpoint_at(len(r.tokens))
+            r.window_at = at if at > r.fed else 0
         self.e.last_cached_tokens = r.cached
         self.e.last_evaluated_tokens = len(r.tokens) - r.cached
         from impetus_cli.runtime.templates import StopMatcher
@@ -181,29 +184,38 @@ class Scheduler:
         self._active.append(r)
 
     def _pick_slot(self, tokens: list[int]) -> Slot:
-        """The free slot whose choice loses the fewest cached tokens. Continuing the slot that
-        shares the longest prefix loses its tokens past that prefix; moving to another slot
-        loses all of that slot's tokens (an empty one loses none), and _reuse_prefix copies
-        the shared prefix over. So a follow-up turn or the next keystroke's autocomplete stays
-        in its slot, while a second agent session that shares only the system prompt takes
-        another slot and leaves the first session's cache alone."""
+        """The free slot whose choice costs the fewest tokens. Continuing the slot that shares
+        the longest prefix loses its tokens past that prefix; moving to another slot loses all
+        of that slot's tokens (an empty one loses none), and the shared prefix is copied over,
+        or on a sliding-window model evaluated again. So a follow-up turn or the next
+        keystroke's autocomplete stays in its slot, while a second agent session that shares
+        only the system prompt takes another slot and leaves the first session's cache alone."""
         free = [s for s in self.slots if s.request is None]
         shared = {s.seq_id: self._usable(s, common_prefix(s.tokens, tokens)) for s in free}
         best = max(free, key=lambda s: (shared[s.seq_id], -s.last_used))
         others = [s for s in free if s is not best]
-        if others and (self.can_copy or not shared[best.seq_id]):
+        if others:
             victim = min(others, key=lambda s: (len(s.tokens), s.last_used))
-            if len(victim.tokens) < len(best.tokens) - shared[best.seq_id]:
+            n = shared[best.seq_id]
+            if len(victim.tokens) + (0 if self.can_copy else n) < len(best.tokens) - n:
                 return victim
         return best
 
     def _reuse_prefix(self, slot: Slot, tokens: list[int]) -> int:
         """Keep the slot's longest usable prefix, or copy a longer one from another slot; at
-        least one token is always left to evaluate (for its logits)."""
+        least one token is always left to evaluate (for its logits). The slot's window
+        checkpoint survives only in its own prefix."""
+        n, own = self._reuse(slot, tokens)
+        if self.snapshots is not None:
+            self.snapshots.forget(slot.seq_id, n if own else 0)
+        return n
+
+    def _reuse(self, slot: Slot, tokens: list[int]) -> tuple[int, bool]:
+        """_reuse_prefix's choice: the tokens reused, and whether they are the slot's own."""
         limit = len(tokens) - 1
         own = min(common_prefix(slot.tokens, tokens), limit)
         if not self._window_kept(slot, own):
-            own = 0
+            own = self.snapshots.restore_checkpoint(slot.seq_id, own) if self.snapshots else 0
         donor, best = None, own
         for other in self.slots if self.can_copy else ():
             if other is not slot:
@@ -213,24 +225,24 @@ class Scheduler:
         mem = self.e._mem
         snap, n_snap = self.snapshots.best(tokens, limit) if self.snapshots else (None, 0)
         if self.disk is not None and self._restore(slot, tokens, limit, max(best, n_snap)):
-            return min(len(slot.tokens), limit)
+            return min(len(slot.tokens), limit), False
         if snap is not None and n_snap >= best + MIN_COPY and self.snapshots is not None:
             if self.snapshots.load(slot.seq_id, snap):
                 self.lib.llama_memory_seq_rm(mem, slot.seq_id, n_snap, -1)
                 slot.tokens = snap.tokens[:n_snap]
-                return n_snap
+                return n_snap, False
             slot.tokens, own = [], 0  # the load emptied the sequence
         if donor is not None:
             self.lib.llama_memory_seq_rm(mem, slot.seq_id, -1, -1)
             self.lib.llama_memory_seq_cp(mem, donor.seq_id, slot.seq_id, 0, best)
             slot.tokens = donor.tokens[:best]
-            return best
+            return best, False
         if own and self.lib.llama_memory_seq_rm(mem, slot.seq_id, own, -1):
             del slot.tokens[own:]
-            return own
+            return own, True
         self.lib.llama_memory_seq_rm(mem, slot.seq_id, -1, -1)
         slot.tokens.clear()
-        return 0
+        return 0, False
 
     def _restore(self, slot: Slot, tokens: list[int], limit: int, best: int) -> bool:
         """Load the disk entry sharing the longest prefix into ``slot`` when it beats ``best``
@@ -250,8 +262,12 @@ class Scheduler:
         return True
 
     def _usable(self, slot: Slot, keep: int) -> int:
-        """``keep`` if the slot's first ``keep`` tokens can be reused, else 0."""
-        return keep if self._window_kept(slot, keep) else 0
+        """How many of the slot's first ``keep`` tokens can be reused: all if the window
+        before them is cached, as many as its window checkpoint covers, or none."""
+        if self._window_kept(slot, keep):
+            return keep
+        cp = self.snapshots.checkpoints.get(slot.seq_id) if self.snapshots else None
+        return cp.n_tokens if cp is not None and cp.n_tokens <= keep else 0
 
     def _window_kept(self, slot: Slot, keep: int) -> bool:
         """Sliding-window layers drop positions older than their window; a prefix ending at
@@ -276,7 +292,7 @@ class Scheduler:
             room = self.n_batch - n
             if r.fed == len(r.tokens) or room <= 0:
                 continue
-            end = r.checkpoint if r.fed < r.checkpoint else len(r.tokens)
+            end = min(p for p in (r.checkpoint, r.window_at, len(r.tokens)) if p > r.fed)
             chunk = r.tokens[r.fed : min(r.fed + room, end)]
             last = r.fed + len(chunk) == len(r.tokens)
             n = self._put(n, r, chunk, logits=last)
@@ -293,9 +309,8 @@ class Scheduler:
         for r, added, index in parts:
             assert r.slot is not None
             r.slot.tokens.extend(added)
-            if r.checkpoint and len(r.slot.tokens) == r.checkpoint and self.snapshots is not None:
-                self.snapshots.take(r.slot.seq_id, r.slot.tokens)
-                r.checkpoint = 0
+            if self.snapshots is not None and r.fed in (r.checkpoint, r.window_at):
+                self._take(r)
             if index < 0:
                 continue
             if not r.prompt_done:
@@ -304,6 +319,16 @@ class Scheduler:
                     self._finish(r, "length")
                     continue
             self._sample(r, index)
+
+    def _take(self, r: Request) -> None:
+        """The prompt reached a planned stop: take the snapshot or window checkpoint there."""
+        assert self.snapshots is not None and r.slot is not None
+        if r.fed == r.checkpoint:
+            self.snapshots.take(r.slot.seq_id, r.slot.tokens)
+            r.checkpoint = 0
+        if r.fed == r.window_at:
+            self.snapshots.take_checkpoint(r.slot.seq_id, r.fed)
+            r.window_at = 0
 
     def _put(self, n: int, r: Request, tokens: list[int], *, logits: bool) -> int:
         """Append ``tokens`` of ``r``'s sequence to the batch at ``n``; returns the new size."""
@@ -407,6 +432,8 @@ class Scheduler:
             if r.slot is not None:
                 self.lib.llama_memory_seq_rm(self.e._mem, r.slot.seq_id, -1, -1)
                 r.slot.tokens.clear()
+                if self.snapshots is not None:
+                    self.snapshots.forget(r.slot.seq_id, 0)
             self._release(r)
             r.out.put(error)
 

@@ -10,8 +10,18 @@ stops evaluating that prompt at the end of the shared prefix and saves the seque
 (``llama_state_seq_get_data``: its KV cells, copied out). A later prompt that starts with the same
 prefix loads the snapshot into its own sequence (``llama_state_seq_set_data``) instead of
 evaluating it: the second agent session pays for the system prompt again, the third and later do
-not. The snapshots are bounded by ``plan.snapshot_bytes`` (the planner counts them), least
-recently used first out.
+not.
+
+A follow-up turn meets the same window from the other side: it extends its own conversation,
+but if the reply it sends back does not tokenize exactly as it was generated, the shared prefix
+ends a few tokens before the end of the cache, and the window at that point may be gone (other
+sequences reuse the cells that fell out of a window). So each sequence also keeps a window
+checkpoint, taken a few tokens before the end of every long prompt it evaluates: only the
+sliding-window layers' cells (``LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY``, as llama-server's context
+checkpoints), put back over the full-attention layers' cells, which are still there.
+
+Snapshots and checkpoints are bounded together by ``plan.snapshot_bytes`` (the planner counts
+them); the least recently used snapshot goes first.
 """
 
 from __future__ import annotations
@@ -23,6 +33,10 @@ from typing import Any
 
 # A shared prefix shorter than this is cheaper to evaluate than to keep.
 MIN_SNAPSHOT = 256
+PARTIAL_ONLY = 1  # LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY: the sliding-window layers only
+# Window checkpoints are taken this many tokens before the end of a prompt, so that a follow-up
+# whose template renders the last turn's opening differently still finds one (llama-server: 4).
+CHECKPOINT_BACK = 4
 
 
 @dataclass(eq=False)
@@ -33,15 +47,23 @@ class Snapshot:
     last_used: float
 
 
+@dataclass(eq=False)
+class Checkpoint:
+    n_tokens: int  # the sequence held this many tokens when it was taken
+    data: Any  # a ctypes c_uint8 array: the sliding-window layers' cells only
+
+
 class Snapshots:
     def __init__(self, lib: Any, ctx: Any, mem: Any, n_swa: int, budget: int):
         self.lib, self.ctx, self.mem = lib, ctx, mem
         self.n_swa, self.budget = n_swa, budget
         self.items: list[Snapshot] = []
+        self.checkpoints: dict[int, Checkpoint] = {}  # seq_id -> its latest
 
     @property
     def bytes(self) -> int:
-        return sum(len(s.data) for s in self.items)
+        snapshots = sum(len(s.data) for s in self.items)
+        return snapshots + sum(len(c.data) for c in self.checkpoints.values())
 
     def best(self, tokens: list[int], limit: int) -> tuple[Snapshot | None, int]:
         """The snapshot sharing the longest usable prefix with ``tokens`` (at most ``limit``):
@@ -69,16 +91,60 @@ class Snapshots:
     def take(self, seq_id: int, tokens: list[int]) -> None:
         """Save sequence ``seq_id``, which holds ``tokens``; evict the least recently used
         snapshots past the budget. Skipped when llama.cpp cannot or the budget is too small."""
-        size = int(self.lib.llama_state_seq_get_size(self.ctx, seq_id))
-        if size <= 0 or size > self.budget:
-            return
-        data = (ctypes.c_uint8 * size)()
-        if int(self.lib.llama_state_seq_get_data(self.ctx, data, size, seq_id)) != size:
+        data = self._get(seq_id, 0)
+        if data is None:
             return
         pos_min = max(0, int(self.lib.llama_memory_seq_pos_min(self.mem, seq_id)))
         self.items.append(Snapshot(list(tokens), data, pos_min, time.monotonic()))
-        while self.bytes > self.budget:
+        self._fit()
+
+    def checkpoint_at(self, n_prompt: int) -> int:
+        """Where to take a window checkpoint of a prompt of ``n_prompt`` tokens (0: none; a
+        prompt within one window never loses it)."""
+        return n_prompt - CHECKPOINT_BACK if n_prompt > self.n_swa + CHECKPOINT_BACK else 0
+
+    def take_checkpoint(self, seq_id: int, n_tokens: int) -> None:
+        """Replace sequence ``seq_id``'s window checkpoint with its state now."""
+        self.checkpoints.pop(seq_id, None)
+        data = self._get(seq_id, PARTIAL_ONLY)
+        if data is not None:
+            self.checkpoints[seq_id] = Checkpoint(n_tokens, data)
+            self._fit()
+
+    def restore_checkpoint(self, seq_id: int, keep: int) -> int:
+        """Put back ``seq_id``'s checkpoint if it lies within the first ``keep`` tokens; the
+        tokens it covers (the caller trims the sequence to them), or 0 if there is none. A
+        failed load leaves the sequence empty (its window layers were cleared)."""
+        cp = self.checkpoints.get(seq_id)
+        if cp is None or cp.n_tokens > keep:
+            return 0
+        set_data = self.lib.llama_state_seq_set_data_ext
+        if set_data(self.ctx, cp.data, len(cp.data), seq_id, PARTIAL_ONLY):
+            return cp.n_tokens
+        del self.checkpoints[seq_id]
+        self.lib.llama_memory_seq_rm(self.mem, seq_id, -1, -1)
+        return 0
+
+    def forget(self, seq_id: int, n_tokens: int) -> None:
+        """The sequence was cut to ``n_tokens``: a checkpoint past that no longer matches it."""
+        cp = self.checkpoints.get(seq_id)
+        if cp is not None and cp.n_tokens > n_tokens:
+            del self.checkpoints[seq_id]
+
+    def _get(self, seq_id: int, flags: int) -> Any:
+        size = int(self.lib.llama_state_seq_get_size_ext(self.ctx, seq_id, flags))
+        if size <= 0 or size > self.budget:
+            return None
+        data = (ctypes.c_uint8 * size)()
+        got = self.lib.llama_state_seq_get_data_ext(self.ctx, data, size, seq_id, flags)
+        return data if int(got) == size else None
+
+    def _fit(self) -> None:
+        """Least recently used snapshots out, then checkpoints, until within the budget."""
+        while self.bytes > self.budget and self.items:
             self.items.remove(min(self.items, key=lambda s: s.last_used))
+        while self.bytes > self.budget and self.checkpoints:
+            del self.checkpoints[next(iter(self.checkpoints))]
 
     def load(self, seq_id: int, snap: Snapshot) -> bool:
         """Put ``snap`` into sequence ``seq_id`` (whatever it held is dropped). A snapshot
