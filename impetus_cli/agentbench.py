@@ -3,8 +3,8 @@
 Works against any OpenAI-compatible server (Impetus, llama-server, llama-cpp-python's server):
 time to first token at agent-sized prompt depths, the follow-up turn that should reuse the cached
 prefix, new sessions (tasks) that share the agent's instructions, single-stream decode speed,
-and N parallel streams. Prompts open with a random nonce so
-that nothing from an earlier run is cached. One short untimed request warms the server up first.
+and N parallel streams. Prompts open with a random nonce so that nothing from an earlier run is
+cached. One short untimed request warms the server up first.
 
 The agent's instructions open the first user turn rather than a system message: some chat formats
 (llama-cpp-python's "gemma") drop a system message, which would measure a much shorter prompt.
@@ -169,8 +169,9 @@ def run_agent_bench(
 
     Measured, in order: per depth a cold first turn (a unique nonce opens it) and its follow-up
     (the same conversation plus a reply and a short user turn); ``sessions`` sessions sharing
-    instructions of the first depth, each with a tool result as long (see ``_sessions``); one ``n_gen``-token stream for decode;
-    ``parallel`` concurrent ``n_gen``-token streams started together."""
+    instructions of the first depth, each with a file as long (see ``_sessions``); one
+    ``n_gen``-token stream for decode; ``parallel`` concurrent ``n_gen``-token streams started
+    together."""
     progress("warm-up")
     warm_up(client, model)
     ratio = ratio or chars_per_token(client, model)

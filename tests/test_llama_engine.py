@@ -310,6 +310,47 @@ def test_gemma_follow_up_with_a_retokenized_reply_rolls_back_to_its_checkpoint(
         cold.close()
 
 
+@pytest.mark.parametrize("room", ["for both", "for one", "for none"])
+def test_gemma_idle_conversations_leave_the_kv_cache_while_a_long_prompt_evaluates(
+    gemma_gguf: Path, room: str
+) -> None:
+    """Before a long prompt, idle conversations are parked out of the KV cache (so the prompt
+    does not attend over their cells) when they fit in the snapshot room, and put back when
+    they continue: the follow-up reuses its prefix and answers as a cold evaluation does. When
+    the room fills up, a parked conversation goes back into the KV cache rather than lost."""
+    engine = load(gemma_gguf, n_ctx=4096, n_parallel=3, snapshot_bytes=200_000_000)
+    cold = load(gemma_gguf, n_ctx=2048)
+    try:
+        words = engine.tokenize(" ".join(f"step {i}: run it." for i in range(1200)), special=False)
+        a = [2, *words[:1500]]
+        b = [2, *engine.tokenize(" Figs" + " and dates" * 1000, special=False)[:1500]]
+        c = [2, *engine.tokenize(" Kiwis" + " or limes" * 1000, special=False)[:1500]]
+        greedy = SamplingParams(max_tokens=16, temperature=0, ignore_eos=True)
+        scheduler, lib = engine._scheduler, engine._lib
+        snapshots = scheduler.snapshots
+        run(engine, a, greedy)
+        run(engine, b, greedy)  # a is parked: b's 1500 new tokens fill more than one batch
+        a_seq = next(s.seq_id for s in scheduler.slots if s.tokens[: len(a)] == a)
+        assert list(snapshots.parked) == [a_seq]
+        assert lib.llama_memory_seq_pos_max(engine._mem, a_seq) == -1  # no cells left
+        # c's turn: room to park b and take c's window checkpoint, for the checkpoint only
+        # (b stays), or for neither (the checkpoint pushes a back into the KV cache)
+        checkpoint = len(snapshots.checkpoints[a_seq].data)
+        snapshots.budget = {"for both": 200_000_000, "for one": snapshots.bytes + checkpoint}.get(
+            room, snapshots.bytes
+        )
+        run(engine, c, greedy)
+        assert len(snapshots.parked) == {"for both": 2, "for one": 1}.get(room, 0)
+        assert snapshots.bytes <= snapshots.budget
+        follow = a + engine.tokenize(" Which step comes first?", special=False)
+        chunks = run(engine, follow, greedy)
+        assert chunks[-1].cached_tokens >= len(a) - 4  # a's own prefix, not evaluated again
+        assert text_of(chunks) == text_of(run(cold, follow, greedy))
+    finally:
+        engine.close()
+        cold.close()
+
+
 # -- prompt cache on disk ---------------------------------------------------------------------
 
 

@@ -3,9 +3,9 @@
 Pure arithmetic, no I/O. A model costs its weights (the file) + the KV cache for its context
 (2 * layers * kv_heads * head_dim * bytes per element, per token, per parallel sequence; layers
 with a sliding window hold only the window) + compute buffers (+ on GGUF models with a sliding
-window, room for one sequence of prefix snapshots). The context is the trained maximum capped by
-what fits the budget, aiming at 32k tokens because coding agents send 13-18k on their first
-request.
+window, room for prefix snapshots, window checkpoints and parked conversations). The context is
+the trained maximum capped by what fits the budget, aiming at 32k tokens because coding agents
+send 13-18k on their first request.
 """
 
 from __future__ import annotations
@@ -134,8 +134,9 @@ def plan_load(
     snapshots = snapshot_bytes(info, ctx, kv_type, n_ubatch, n_parallel) if gguf else 0
     if snapshots:
         notes.append(
-            f"{snapshots / 1e9:.2f} GB for prefix snapshots and window checkpoints: a sliding "
-            "window keeps prefixes from being shared or rolled back in place"
+            f"{snapshots / 1e9:.2f} GB for prefix snapshots, window checkpoints and parked "
+            "conversations: a sliding window keeps prefixes from being shared or rolled back "
+            "in place"
         )
     return LoadPlan(
         model=model,

@@ -281,6 +281,7 @@ class LlamaEngine:
             self._scheduler.close()
             lib = self._lib
             if self._disk is not None:
+                self._scheduler.unpark_all()
                 try:
                     self._disk.save(lib, self._ctx, self._mem, self._scheduler.slots)
                 except OSError as exc:  # a full disk must not stop an unload

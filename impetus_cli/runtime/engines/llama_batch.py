@@ -13,7 +13,7 @@ the fewest cached tokens (``_pick_slot``); when another slot, even a busy one, h
 prefix of the prompt (the system prompt two agent sessions share), its cells are copied
 (``llama_memory_seq_cp``: in the unified KV cache the copy shares the cells, nothing is evaluated),
 except on models with a sliding window (see ``can_copy``), which keep snapshots of shared prefixes
-instead (llama_snapshots.py).
+instead, and park idle sequences out of the KV cache before a long prompt (llama_snapshots.py).
 
 The consumer side (``Request.out``) is a queue of chunks read by the thread that called
 ``generate``; detokenization and stop strings run here so a finished slot is free at once.
@@ -110,7 +110,7 @@ class Scheduler:
         self.snapshots: Snapshots | None = None
         if not self.can_copy and snapshot_bytes > 0:
             self.snapshots = Snapshots(
-                self.lib, engine._ctx, engine._mem, self.n_swa, snapshot_bytes
+                self.lib, engine._ctx, engine._mem, self.n_swa, snapshot_bytes, self._lost
             )
         self._waiting: list[Request] = []
         self._active: list[Request] = []  # admitted, in admission order
@@ -164,12 +164,17 @@ class Scheduler:
             return
         slot = self._pick_slot(r.tokens)
         slot.request, slot.last_used, r.slot = r, time.monotonic(), slot
-        shared = max(common_prefix(s.tokens, r.tokens) for s in self.slots)
+        # the longest prefix any sequence shares with the prompt, before this one is trimmed
+        shared = max(common_prefix(s.tokens, r.tokens) for s in self.slots) if self.snapshots else 0
+        if self.snapshots is not None and slot.seq_id in self.snapshots.parked:
+            self._unpark(slot, r.tokens)
         r.cached = r.fed = self._reuse_prefix(slot, r.tokens)
         if self.snapshots is not None:
             r.checkpoint = self.snapshots.wanted(r.tokens, min(shared, len(r.tokens) - 1), r.cached)
             at = self.snapshots.checkpoint_at(len(r.tokens))
             r.window_at = at if at > r.fed else 0
+            if len(r.tokens) - r.cached >= self.n_batch:
+                self._park_idle()
         self.e.last_cached_tokens = r.cached
         self.e.last_evaluated_tokens = len(r.tokens) - r.cached
         from impetus_cli.runtime.templates import StopMatcher
@@ -182,6 +187,36 @@ class Scheduler:
             r.out.put(exc)
             return
         self._active.append(r)
+
+    def _unpark(self, slot: Slot, tokens: list[int]) -> None:
+        """Put the slot's parked sequence back if the prompt can reuse any of it."""
+        assert self.snapshots is not None
+        if self._usable(slot, common_prefix(slot.tokens, tokens)) == 0:
+            self.snapshots.drop_parked(slot.seq_id)
+            slot.tokens.clear()
+        elif not self.snapshots.unpark(slot.seq_id):
+            self._lost(slot.seq_id)
+
+    def _park_idle(self) -> None:
+        """Before a long prompt: the idle sequences out of the KV cache (llama_snapshots.py)."""
+        assert self.snapshots is not None
+        for slot in self.slots:
+            if slot.request is None and slot.tokens:
+                self.snapshots.park(slot.seq_id)
+
+    def _lost(self, seq_id: int) -> None:
+        """A parked sequence could not be put back: its slot holds nothing now."""
+        self.slots[seq_id].tokens.clear()
+        if self.snapshots is not None:
+            self.snapshots.forget(seq_id, 0)
+
+    def unpark_all(self) -> None:
+        """Every parked sequence back into the KV cache (before the slots are saved to disk);
+        only once the loop has stopped."""
+        for seq_id in list(self.snapshots.parked if self.snapshots else ()):
+            assert self.snapshots is not None
+            if not self.snapshots.unpark(seq_id):
+                self._lost(seq_id)
 
     def _pick_slot(self, tokens: list[int]) -> Slot:
         """The free slot whose choice costs the fewest tokens. Continuing the slot that shares
@@ -275,7 +310,10 @@ class Scheduler:
         checks), else the prompt is evaluated from the start."""
         if self.n_swa <= 0 or keep <= 0:
             return True
-        oldest = int(self.lib.llama_memory_seq_pos_min(self.e._mem, slot.seq_id))
+        if self.snapshots is not None:
+            oldest = self.snapshots.pos_min(slot.seq_id)
+        else:
+            oldest = int(self.lib.llama_memory_seq_pos_min(self.e._mem, slot.seq_id))
         return oldest <= max(0, keep - self.n_swa)
 
     def _step(self) -> None:
