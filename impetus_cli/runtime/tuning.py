@@ -72,6 +72,14 @@ def snapshot_bytes(
     return kv_bytes(info, n_ctx, kv_type, 1, n_ubatch) + int(window) * n_parallel
 
 
+def _one_sequence(
+    info: ModelInfo, ctx: int, kv_type: str, n_ubatch: int, flash_attn: bool, snapshots: bool
+) -> int:
+    """The planned total with one sequence of ``ctx`` tokens (and snapshot room, if kept)."""
+    total = estimate_bytes(info, ctx, kv_type, 1, n_ubatch, flash_attn)
+    return total + (snapshot_bytes(info, ctx, kv_type, n_ubatch) if snapshots else 0)
+
+
 def _largest_ctx(
     info: ModelInfo, budget: int, kv_type: str, n_ubatch: int, flash_attn: bool, snapshots: bool
 ) -> int:
@@ -80,9 +88,7 @@ def _largest_ctx(
     binary search: the total grows with the context."""
 
     def fits(ctx: int) -> bool:
-        total = estimate_bytes(info, ctx, kv_type, 1, n_ubatch, flash_attn)
-        total += snapshot_bytes(info, ctx, kv_type, n_ubatch) if snapshots else 0
-        return total <= budget
+        return _one_sequence(info, ctx, kv_type, n_ubatch, flash_attn, snapshots) <= budget
 
     trained = max(info.context_length, MIN_CTX)
     lo, hi = 0, -(-trained // 256)
@@ -172,8 +178,7 @@ def _choose_ctx(
     snapshots = model.format == "gguf"  # (they take room only on models with a window)
     fits = _largest_ctx(info, budget, kv_type, n_ubatch, flash_attn, snapshots)
     if fits < MIN_CTX:
-        need = estimate_bytes(info, MIN_CTX, kv_type, 1, n_ubatch, flash_attn)
-        need += snapshot_bytes(info, MIN_CTX, kv_type, n_ubatch) if snapshots else 0
+        need = _one_sequence(info, MIN_CTX, kv_type, n_ubatch, flash_attn, snapshots)
         raise InsufficientMemory(
             f"{model.name} needs {need / 1e9:.1f} GB even with a {MIN_CTX}-token context; "
             f"the memory budget is {budget / 1e9:.1f} GB.",

@@ -121,7 +121,7 @@ class LoadPlan:
     compute_bytes: int
     notes: tuple[str, ...] = ()
     prompt_cache_dir: Path | None = None  # where the KV cache is saved at unload (GGUF)
-    snapshot_bytes: int = 0  # the most prefix snapshots may hold (GGUF, sliding window)
+    snapshot_bytes: int = 0  # room for snapshots, checkpoints, parked sequences (GGUF, window)
 
     @property
     def total_bytes(self) -> int:

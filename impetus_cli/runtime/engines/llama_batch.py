@@ -194,8 +194,8 @@ class Scheduler:
         if self._usable(slot, common_prefix(slot.tokens, tokens)) == 0:
             self.snapshots.drop_parked(slot.seq_id)
             slot.tokens.clear()
-        elif not self.snapshots.unpark(slot.seq_id):
-            self._lost(slot.seq_id)
+        else:
+            self.snapshots.unpark(slot.seq_id)
 
     def _park_idle(self) -> None:
         """Before a long prompt: the idle sequences out of the KV cache (llama_snapshots.py)."""
@@ -213,10 +213,9 @@ class Scheduler:
     def unpark_all(self) -> None:
         """Every parked sequence back into the KV cache (before the slots are saved to disk);
         only once the loop has stopped."""
-        for seq_id in list(self.snapshots.parked if self.snapshots else ()):
-            assert self.snapshots is not None
-            if not self.snapshots.unpark(seq_id):
-                self._lost(seq_id)
+        if self.snapshots is not None:
+            for seq_id in list(self.snapshots.parked):
+                self.snapshots.unpark(seq_id)
 
     def _pick_slot(self, tokens: list[int]) -> Slot:
         """The free slot whose choice costs the fewest tokens. Continuing the slot that shares

@@ -103,26 +103,22 @@ class Snapshots:
         the room left (nothing is evicted for it)."""
         if seq_id in self.parked:
             return True
-        size = int(self.lib.llama_state_seq_get_size_ext(self.ctx, seq_id, 0))
-        if size <= 0 or self.bytes + size > self.budget:
-            return False
-        data = self._get(seq_id, 0)
+        data = self._get(seq_id, 0, room=self.budget - self.bytes)
         if data is None:
             return False
         self.parked[seq_id] = Parked(data, self.pos_min(seq_id))
         self.lib.llama_memory_seq_rm(self.mem, seq_id, -1, -1)
         return True
 
-    def unpark(self, seq_id: int) -> bool:
-        """Put a parked sequence back into the KV cache (True when it was not parked). On
-        failure the sequence is left empty."""
+    def unpark(self, seq_id: int) -> None:
+        """Put a parked sequence back into the KV cache (nothing if it is not parked). On
+        failure the sequence is left empty and ``lost`` is told."""
         parked = self.parked.pop(seq_id, None)
         if parked is None:
-            return True
-        if self.lib.llama_state_seq_set_data(self.ctx, parked.data, len(parked.data), seq_id):
-            return True
-        self.lib.llama_memory_seq_rm(self.mem, seq_id, -1, -1)
-        return False
+            return
+        if not self.lib.llama_state_seq_set_data(self.ctx, parked.data, len(parked.data), seq_id):
+            self.lib.llama_memory_seq_rm(self.mem, seq_id, -1, -1)
+            self.lost(seq_id)
 
     def drop_parked(self, seq_id: int) -> None:
         """The sequence's slot starts over: its parked state is not needed."""
@@ -194,9 +190,11 @@ class Snapshots:
         if cp is not None and cp.n_tokens > n_tokens:
             del self.checkpoints[seq_id]
 
-    def _get(self, seq_id: int, flags: int) -> Any:
+    def _get(self, seq_id: int, flags: int, room: int | None = None) -> Any:
+        """The sequence's state, if llama.cpp gives it and it fits in ``room`` (default: the
+        whole budget)."""
         size = int(self.lib.llama_state_seq_get_size_ext(self.ctx, seq_id, flags))
-        if size <= 0 or size > self.budget:
+        if size <= 0 or size > (self.budget if room is None else room):
             return None
         data = (ctypes.c_uint8 * size)()
         got = self.lib.llama_state_seq_get_data_ext(self.ctx, data, size, seq_id, flags)
@@ -208,9 +206,7 @@ class Snapshots:
         while self.bytes > self.budget and self.items:
             self.items.remove(min(self.items, key=lambda s: s.last_used))
         while self.bytes > self.budget and self.parked:
-            seq_id = next(iter(self.parked))
-            if not self.unpark(seq_id):
-                self.lost(seq_id)
+            self.unpark(next(iter(self.parked)))
         while self.bytes > self.budget and self.checkpoints:
             del self.checkpoints[next(iter(self.checkpoints))]
 
