@@ -147,6 +147,29 @@ class ToolCall:
 
 
 @dataclass(frozen=True)
+class ToolCallDelta:
+    """A piece of a tool call while it streams. The first piece of call ``index`` (0, 1, ...
+    within the reply) carries its ``id`` and ``name``; later pieces carry more of its JSON
+    ``arguments``, which concatenate to the complete call's ``arguments``."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+@dataclass(frozen=True)
+class Reasoning:
+    """What the client asked of a reasoning model, from any API's field (OpenAI
+    ``reasoning_effort``, Responses ``reasoning.effort``, Anthropic ``thinking``, Ollama
+    ``think``). None everywhere means the model's own default."""
+
+    enabled: bool | None = None
+    effort: str | None = None  # "minimal", "low", "medium" or "high"
+    budget_tokens: int | None = None
+
+
+@dataclass(frozen=True)
 class ChatMessage:
     """One message after translation: content parts flattened to text, images kept apart."""
 
@@ -190,6 +213,7 @@ class ChatRequest:
     tool_choice: str | None = None  # "auto", "none", "required" or a function name
     keep_alive: float | None = None
     response_format: Mapping[str, Any] | None = None
+    reasoning: Reasoning = field(default_factory=Reasoning)
 
 
 @dataclass(frozen=True)
@@ -230,7 +254,10 @@ class GenerationChunk:
     generation_tps: float = 0.0
     ttft_s: float = 0.0
     reasoning: str = ""
+    # Calls stream as deltas; a call also appears whole in ``tool_calls`` on the chunk where it
+    # completes (streaming renderers read the deltas, the others the whole calls).
     tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_deltas: tuple[ToolCallDelta, ...] = ()
     logprobs: tuple[float, ...] = ()
     top_logprobs: tuple[tuple[tuple[int, float], ...], ...] = ()
 
