@@ -280,7 +280,23 @@ def _inspect_gguf(path: Path) -> ModelInfo:
         eos_token=meta.get("tokenizer.ggml.eos_token"),
         sliding_window=window,
         swa_layers=_swa_layers(arch, n_layers, window),
+        base_model=looks_base(
+            meta.get("tokenizer.chat_template"),
+            path.name,
+            *(str(meta.get(f"general.{k}") or "") for k in ("name", "finetune", "basename")),
+            *(str(t) for t in meta.get("general.tags") or () if isinstance(t, str)),
+        ),
     )
+
+
+# Names that say a model was tuned for chat: "-Instruct", "-it" (Gemma), "chat", "sft", ...
+_TUNED = re.compile(r"(?i)(instruct|chat|(^|[-_. ])it($|[-_. ])|sft|dpo|rlhf|assistant|coder-?inst)")
+
+
+def looks_base(template: str | None, *names: str) -> bool:
+    """A pretrained (base) model: its files carry no chat template and none of its names has
+    an instruct or chat tag. Such a model continues text; in a chat it rambles."""
+    return not template and not any(_TUNED.search(n) for n in names if n)
 
 
 _SHARD = re.compile(r"^(?P<stem>.*)-(?P<i>\d{5})-of-(?P<n>\d{5})\.gguf$")
@@ -371,6 +387,7 @@ def _inspect_config_dir(path: Path, fmt: Format) -> ModelInfo:
         name=path.name,
         sliding_window=window,
         swa_layers=swa_layers,
+        base_model=looks_base(_tokenizer_template(path), path.name, str(config.get("_name_or_path") or "")),
     )
 
 

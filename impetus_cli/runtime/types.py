@@ -63,6 +63,9 @@ class ModelInfo:
     # Sliding-window attention (Gemma 2/3): how many layers attend over a window, and its size.
     sliding_window: int = 0
     swa_layers: int = 0
+    # A pretrained model that was never tuned to follow chat turns: no chat template and no
+    # instruct/chat tag in its names. It completes text well and rambles in a chat.
+    base_model: bool = False
 
     def kv_bytes_per_token(self, bytes_per_element: float = 2.0) -> int:
         """K and V for one token across all layers: 2 * layers * kv_heads * head_dim * bytes."""
@@ -179,6 +182,24 @@ class ChatMessage:
     tool_call_id: str | None = None
     name: str | None = None
     images: tuple[str, ...] = ()
+    # An assistant turn's reasoning, replayed by the client (``reasoning_content``, Anthropic
+    # ``thinking`` blocks, Responses ``reasoning`` items); templates decide whether to show it.
+    reasoning: str | None = None
+
+
+@dataclass(frozen=True)
+class SpecialText:
+    """The text of a model's special tokens that prompts are built with ("" when it has none)."""
+
+    bos: str = ""
+    eos: str = ""
+    fim_prefix: str = ""
+    fim_suffix: str = ""
+    fim_middle: str = ""
+
+    @property
+    def has_fim(self) -> bool:
+        return bool(self.fim_prefix and self.fim_suffix and self.fim_middle)
 
 
 @dataclass(frozen=True)
