@@ -66,6 +66,20 @@ class ModelInfo:
     # A pretrained model that was never tuned to follow chat turns: no chat template and no
     # instruct/chat tag in its names. It completes text well and rambles in a chat.
     base_model: bool = False
+    # Mixture of experts: experts per MoE layer and how many each token uses (0 when dense), and
+    # the parameters one token reads (None when dense or unknown: then all of n_params).
+    n_experts: int = 0
+    n_experts_used: int = 0
+    active_params: int | None = None
+    # Hybrid models (Qwen3-Next, Mamba/SSM hybrids): layers that keep a fixed-size recurrent
+    # state instead of a KV cache, and that state's bytes per sequence (all of them; it does not
+    # grow with the context). A recurrent state cannot be shared or rolled back in place: prefix
+    # reuse needs a saved copy (checkpoint) of it, as for sliding-window layers.
+    recurrent_layers: int = 0
+    recurrent_state_bytes: int = 0
+    # Size of a V head when it differs from a K head (multi-head latent attention as llama.cpp
+    # caches it: DeepSeek V3, Kimi K2); 0 means the same as head_dim.
+    head_dim_v: int = 0
 
     def kv_bytes_per_token(self, bytes_per_element: float = 2.0) -> int:
         """K and V for one token across all layers: 2 * layers * kv_heads * head_dim * bytes."""
@@ -125,6 +139,8 @@ class LoadPlan:
     notes: tuple[str, ...] = ()
     prompt_cache_dir: Path | None = None  # where the KV cache is saved at unload (GGUF)
     snapshot_bytes: int = 0  # room for snapshots, checkpoints, parked sequences (GGUF, window)
+    # Of kv_bytes, the recurrent layers' state (hybrid models): fixed, whatever the context.
+    state_bytes: int = 0
 
     @property
     def total_bytes(self) -> int:
