@@ -59,6 +59,7 @@ class Options:
     tool_call: bool
     text: str = DEFAULT_TEXT
     context_length: int = 32768
+    ollama_version: str = "0.13.5"
 
 
 class Recorder:
@@ -286,7 +287,7 @@ def static_answer(path: str, body: Any, options: Options) -> Json | None:
         ]
         return {"object": "list", "data": data}
     if path == "/api/version":
-        return {"version": "0.13.5"}
+        return {"version": options.ollama_version}
     if path == "/api/tags":
         return {"models": [_ollama_entry(m) for m in options.models]}
     if path == "/api/ps":
@@ -376,9 +377,16 @@ def main(argv: list[str] | None = None) -> None:
         help="answer a conversation's first turn with a tool call",
     )
     parser.add_argument("--text", default=DEFAULT_TEXT, help="the text of every text reply")
+    parser.add_argument("--ollama-version", default="0.13.5", help="what /api/version says")
     args = parser.parse_args(argv)
     models = tuple(args.model or ["gemma3:270m"])
-    options = Options(out=args.out, models=models, tool_call=args.tool_call, text=args.text)
+    options = Options(
+        out=args.out,
+        models=models,
+        tool_call=args.tool_call,
+        text=args.text,
+        ollama_version=args.ollama_version,
+    )
     web.run_app(
         make_app(options),
         host=args.host,
