@@ -185,7 +185,14 @@ def _expectations(hw, info, depth, results):  # type: ignore[no-untyped-def]
 
     kv = info.kv_bytes_per_token() * depth
     bandwidth = None if hw.apple_silicon else protocol.measure_bandwidth()
-    speeds = expected_speeds(hw, info.file_bytes, kv, info.n_params, bandwidth_gbs=bandwidth)
+    speeds = expected_speeds(
+        hw,
+        info.file_bytes,
+        kv,
+        info.n_params,
+        bandwidth_gbs=bandwidth,
+        active_params=info.active_params,
+    )
     expected: dict[str, float] = {}
     flags: list[str] = []
     for result in results:

@@ -1,7 +1,16 @@
-"""The built-in catalog (data/catalog.json): names people code with -> Hub repositories.
+"""The built-in catalog (data/catalog.json): names people code with -> Hub files and model facts.
 
-When the quantization is not named, ``resolve`` picks the best one whose estimated memory
-(weights + KV cache at the default context) fits the budget, and says which and why.
+Each size of a family carries the model's own facts (layers, KV heads, head size, experts,
+total and active parameters, trained context, sliding window, recurrent layers) and the GGUF
+files per quantization with the sizes the Hub lists, MLX builds where they exist, and where each
+came from. Older entries give file-name patterns instead; their sizes are estimated from the
+parameter count and the quantization's bits per weight.
+
+When the quantization is not named, ``resolve`` picks one. Memory comes from the file (every
+parameter: a mixture of experts keeps its idle experts in memory too) plus the KV cache and any
+recurrent state; decode speed comes from the active parameters and the chip's bandwidth. Q4_K_M
+whenever it fits; a better one only with room and speed to spare; a smaller one only when
+memory forces it.
 """
 
 from __future__ import annotations
@@ -12,19 +21,28 @@ import json
 import re
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from impetus_cli.errors import InsufficientMemory, InvalidModelName, ModelNotFound
-from impetus_cli.runtime.types import Format, ModelRef
+from impetus_cli.runtime.hardware import expected_speeds
+from impetus_cli.runtime.inspect import config_recurrent
+from impetus_cli.runtime.tuning import kv_bytes as plan_kv_bytes
+from impetus_cli.runtime.types import Format, HardwareProfile, ModelInfo, ModelRef
 
 # Bits per weight of llama.cpp quantizations, for size estimates (GGUF files of 7-8B models).
 BITS_PER_WEIGHT = {
+    "TQ1_0": 1.7,
+    "IQ1_S": 1.6,
     "Q2_K": 3.0,
+    "Q2_K_XL": 3.0,
     "Q3_K_S": 3.5,
     "Q3_K_M": 3.9,
     "Q3_K_L": 4.3,
+    "IQ4_XS": 4.3,
     "Q4_0": 4.55,
     "Q4_K_S": 4.6,
+    "MXFP4": 4.25,
     "Q4_K_M": 4.85,
     "Q5_K_S": 5.55,
     "Q5_K_M": 5.7,
@@ -37,17 +55,37 @@ MLX_BITS = {"4bit": 4.5, "8bit": 8.5}  # group scales add about half a bit
 # Quality order when several fit; Q4_K_M is the usual sweet spot, higher only with room to spare.
 PREFERENCE = ("Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M")
 HEADROOM = 1.5  # a higher-than-Q4_K_M quant must fit this many times over
+# ... and keep decoding at least this fast (tok/s): the slowest chip's target in APPLE_SILICON.md.
+SPEED_FLOOR = 15.0
+MLX_FILES = ("*.json", "*.safetensors", "*.model", "*.txt", "*.jinja")
 
 
 @dataclass(frozen=True)
 class PullTarget:
+    """What to download for a catalog name, and why."""
+
     name: str
     repo: str
     format: Format
-    files: tuple[str, ...]  # exact GGUF filename, or glob patterns for an MLX directory
+    files: tuple[str, ...]  # GGUF file(s) (every part of a split file), or MLX glob patterns
     quant: str | None
     size_bytes: int | None
     reason: str
+    info: ModelInfo | None = None  # the model's facts, with this file's size
+    size_listed: bool = False  # size_bytes is the size the Hub lists (else an estimate)
+    expected_tps: float | None = None  # decode speed expected on the given machine
+    sources: tuple[str, ...] = ()  # where the facts and sizes came from
+
+
+@dataclass(frozen=True)
+class _Option:
+    """One downloadable build of a catalog size."""
+
+    quant: str
+    repo: str
+    files: tuple[str, ...]
+    size_bytes: int
+    listed: bool
 
 
 @functools.cache
@@ -70,6 +108,11 @@ def suggest(name: str, n: int = 3) -> list[str]:
     families = list(_data()["families"])
     close = difflib.get_close_matches(name.split(":")[0], families, n=n, cutoff=0.5)
     return close or difflib.get_close_matches(name, names(), n=n, cutoff=0.4)
+
+
+def knows(ref: ModelRef) -> bool:
+    """Whether a parsed name is a catalog family (its size may still be wrong)."""
+    return ref.kind == "catalog" and ref.name in _data()["families"]
 
 
 def _family(ref: ModelRef) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -101,89 +144,235 @@ def _fill(pattern: str, size: str, quant: str = "", bits: str = "") -> str:
     )
 
 
-def kv_bytes(size: dict[str, Any], ctx: int) -> int:
-    return 2 * size["layers"] * size["kv_heads"] * size["head_dim"] * 2 * min(ctx, size["context"])
+def facts(size: dict[str, Any]) -> dict[str, Any]:
+    """A size's model facts: its ``facts`` object, or (older entries) the size itself."""
+    return size.get("facts") or size
+
+
+def model_info(
+    fact: dict[str, Any], path: Path, fmt: Format, file_bytes: int, quant: str | None
+) -> ModelInfo:
+    """The catalog's facts of a model as the planner reads a file's: a ModelInfo."""
+    layers = int(fact["layers"])
+    recurrent, state = config_recurrent({**fact, "num_hidden_layers": layers})
+    active = fact.get("active_b")
+    return ModelInfo(
+        path=path,
+        format=fmt,
+        architecture=str(fact.get("architecture", "unknown")),
+        n_layers=layers,
+        n_heads=int(fact.get("heads", fact["kv_heads"])),
+        n_kv_heads=int(fact["kv_heads"]),
+        head_dim=int(fact["head_dim"]),
+        embedding_length=int(fact.get("hidden", 0)),
+        context_length=int(fact["context"]),
+        file_bytes=file_bytes,
+        n_params=int(fact["params_b"] * 1e9),
+        quantization=quant,
+        vocab_size=fact.get("vocab"),
+        sliding_window=int(fact.get("sliding_window", 0)),
+        swa_layers=int(fact.get("swa_layers", 0)),
+        n_experts=int(fact.get("experts", 0)),
+        n_experts_used=int(fact.get("experts_used", 0)),
+        active_params=int(active * 1e9) if active else None,
+        recurrent_layers=recurrent,
+        recurrent_state_bytes=state,
+        head_dim_v=int(fact.get("head_dim_v", 0)),
+    )
 
 
 def estimate_weights(params_b: float, bits: float) -> int:
     return int(params_b * 1e9 * bits / 8)
 
 
-def choose_quant(
-    quants: list[str], params_b: float, kv: int, budget: int, ctx: int
-) -> tuple[str, str]:
-    """The best quantization that fits, and a sentence saying why."""
+_PART = re.compile(r"-00001-of-(\d{5})\.gguf$")
 
-    def total(q: str) -> int:
-        return estimate_weights(params_b, BITS_PER_WEIGHT.get(q, 4.85)) + kv
 
-    def why(q: str, verdict: str) -> str:
+def split_parts(first: str) -> tuple[str, ...]:
+    """Every part of a split GGUF named by its first part (``x-00001-of-00003.gguf``)."""
+    match = _PART.search(first)
+    if not match:
+        return (first,)
+    n, stem = int(match[1]), first[: match.start()]
+    return tuple(f"{stem}-{i:05d}-of-{n:05d}.gguf" for i in range(1, n + 1))
+
+
+def _options(family: dict[str, Any], size: dict[str, Any]) -> dict[str, _Option]:
+    """The GGUF builds of a size by quantization: listed files with the Hub's sizes, or (older
+    entries) files named by the family's pattern with estimated sizes."""
+    gguf = size.get("gguf")
+    if gguf:
+        return {
+            quant: _Option(quant, gguf["repo"], split_parts(f["file"]), int(f["bytes"]), True)
+            for quant, f in gguf["files"].items()
+        }
+    label, params = size["size"], facts(size)["params_b"]
+    repo = _fill(size.get("gguf_repo") or family["gguf_repo"], label)
+    pattern = size.get("gguf_file") or family["gguf_file"]
+    return {
+        q: _Option(q, repo, (_fill(pattern, label, q),), estimate_weights(params, bits), False)
+        for q in family["quants"]
+        if (bits := BITS_PER_WEIGHT.get(q)) is not None
+    }
+
+
+def _bits(quant: str) -> float:
+    return BITS_PER_WEIGHT.get(quant.removeprefix("UD-"), 4.85)
+
+
+def _candidates(options: dict[str, _Option]) -> list[str]:
+    """Quantizations in the order to try: the preferred ones, then the rest, best first."""
+    rest = sorted((q for q in options if q not in PREFERENCE), key=_bits, reverse=True)
+    return [q for q in PREFERENCE if q in options] + [q for q in rest if _bits(q) < 4.85]
+
+
+def _speed(info: ModelInfo, hw: HardwareProfile | None) -> float | None:
+    """Decode tokens/s expected on ``hw`` (a short context), from the active parameters."""
+    if hw is None:
+        return None
+    tg = expected_speeds(hw, info.file_bytes, 0, info.n_params, None, info.active_params)
+    return tg.get("tg")
+
+
+@dataclass(frozen=True)
+class _Sizing:
+    """What choosing a quantization weighs: the facts, the context, the budget, the machine."""
+
+    fact: dict[str, Any]
+    ctx: int
+    budget: int
+    hw: HardwareProfile | None
+
+    def info(self, option: _Option) -> ModelInfo:
+        path = Path(option.repo) / option.files[0]
+        return model_info(self.fact, path, "gguf", option.size_bytes, option.quant)
+
+    def kv(self, info: ModelInfo) -> int:
+        return plan_kv_bytes(info, min(self.ctx, info.context_length))
+
+    def why(self, option: _Option, verdict: str) -> str:
+        info = self.info(option)
+        tps = _speed(info, self.hw)
         return (
-            f"{q}: {estimate_weights(params_b, BITS_PER_WEIGHT.get(q, 4.85)) / 1e9:.1f} GB weights + "
-            f"{kv / 1e9:.1f} GB KV cache at {ctx // 1024}k context {verdict} the {budget / 1e9:.1f} GB budget"
+            f"{describe_params(info)}: {option.quant} {option.size_bytes / 1e9:.1f} GB + "
+            f"{self.kv(info) / 1e9:.1f} GB KV cache at {self.ctx // 1024}k context {verdict} "
+            f"the {self.budget / 1e9:.1f} GB budget"
+            + (f"; ~{tps:.0f} tok/s expected on {_machine(self.hw)}" if tps else "")
         )
 
-    for q in PREFERENCE:
-        if q not in quants:
+
+def describe_params(info: ModelInfo) -> str:
+    """ "30.5B total, 3.3B active" for a mixture of experts, "7.6B parameters" otherwise."""
+    total = (info.n_params or 0) / 1e9
+    if info.active_params:
+        return f"{total:.1f}B total, {info.active_params / 1e9:.1f}B active"
+    return f"{total:.1f}B parameters"
+
+
+def _machine(hw: HardwareProfile | None) -> str:
+    return (hw.variant or hw.cpu_name) if hw else "this machine"
+
+
+def choose(options: dict[str, _Option], sizing: _Sizing) -> tuple[_Option, str]:
+    """The best build that fits, and a sentence saying why. Above Q4_K_M only with HEADROOM
+    times the memory and the decode speed staying above SPEED_FLOOR; below it only when
+    nothing better fits."""
+    q4 = PREFERENCE.index("Q4_K_M")
+    for quant in _candidates(options):
+        option = options[quant]
+        info = sizing.info(option)
+        total = option.size_bytes + sizing.kv(info)
+        upgrade = quant in PREFERENCE and PREFERENCE.index(quant) < q4
+        if total * (HEADROOM if upgrade else 1.0) > sizing.budget:
             continue
-        room = HEADROOM if PREFERENCE.index(q) < PREFERENCE.index("Q4_K_M") else 1.0
-        if total(q) * room <= budget:
-            return q, why(q, "fits" if room == 1.0 else "fits comfortably in")
-    smallest = min(quants, key=lambda q: BITS_PER_WEIGHT.get(q, 99))
+        tps = _speed(info, sizing.hw)
+        if upgrade and tps is not None and tps < SPEED_FLOOR:
+            continue
+        return option, sizing.why(option, "fits comfortably in" if upgrade else "fits")
+    smallest = min(options.values(), key=lambda o: o.size_bytes)
     raise InsufficientMemory(
-        f"Even {why(smallest, 'exceeds')}.",
+        f"Even {sizing.why(smallest, 'exceeds')}.",
         "Pick a smaller size (e.g. a 1.5b or 3b model) or raise --memory-budget.",
     )
 
 
-def resolve(ref: ModelRef, budget_bytes: int, ctx: int) -> PullTarget:
-    """What to download for a catalog name on a machine with this budget."""
+def resolve(
+    ref: ModelRef, budget_bytes: int, ctx: int, hardware: HardwareProfile | None = None
+) -> PullTarget:
+    """What to download for a catalog name on a machine with this budget (and, when given, this
+    chip: the expected decode speed joins the reason and the choice)."""
     if ref.kind != "catalog":
         raise InvalidModelName(f"{ref.raw} is not a catalog name.")
     family, size = _family(ref)
-    label = size["size"]
-    kv = kv_bytes(size, ctx)
     if ref.format == "mlx":
-        if not family.get("mlx_repo"):
-            raise ModelNotFound(
-                f"No MLX build of {ref.name} in the catalog.",
-                f"Use `impetus pull {ref.name}:{label}` (GGUF).",
-            )
-        bits = (ref.quant or "4bit").removesuffix("bit")
-        if f"{bits}bit" not in MLX_BITS:
-            raise InvalidModelName(f"MLX builds come in 4bit or 8bit, not {ref.quant}.")
-        weights = estimate_weights(size["params_b"], MLX_BITS[f"{bits}bit"])
-        return PullTarget(
-            name=f"{ref.name}:{label}-mlx-{bits}bit",
-            repo=_fill(family["mlx_repo"], label, bits=bits),
-            format="mlx",
-            files=("*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"),
-            quant=f"{bits}bit",
-            size_bytes=weights,
-            reason=f"MLX {bits}-bit build",
-        )
-    quants = family["quants"]
+        return _resolve_mlx(ref, family, size, hardware)
+    options = _options(family, size)
+    sizing = _Sizing(facts(size), ctx, budget_bytes, hardware)
     if ref.quant:
         quant = ref.quant.upper()
-        if quant not in BITS_PER_WEIGHT:
+        if quant not in options:
             raise InvalidModelName(
-                f"Unknown quantization {ref.quant}.", f"Choose one of {', '.join(quants)}."
+                f"{ref.name}:{size['size']} has no {quant} build in the catalog.",
+                f"Choose one of {', '.join(options)}.",
             )
-        reason = f"{quant}: as asked"
+        option, reason = options[quant], f"{quant}: as asked"
     else:
-        quant, reason = choose_quant(quants, size["params_b"], kv, budget_bytes, ctx)
-    repo = _fill(size.get("gguf_repo") or family["gguf_repo"], label)
-    file = _fill(size.get("gguf_file") or family["gguf_file"], label, quant)
-    name = f"{ref.name}:{label}" if not ref.quant else f"{ref.name}:{label}-{ref.quant.lower()}"
+        option, reason = choose(options, sizing)
+    label = size["size"]
+    info = sizing.info(option)
     return PullTarget(
-        name=name,
-        repo=repo,
+        name=f"{ref.name}:{label}" + (f"-{ref.quant.lower()}" if ref.quant else ""),
+        repo=option.repo,
         format="gguf",
-        files=(file,),
-        quant=quant,
-        size_bytes=estimate_weights(size["params_b"], BITS_PER_WEIGHT[quant]),
+        files=option.files,
+        quant=option.quant,
+        size_bytes=option.size_bytes,
         reason=reason,
+        info=info,
+        size_listed=option.listed,
+        expected_tps=_speed(info, hardware),
+        sources=_sources(size),
     )
+
+
+def _resolve_mlx(
+    ref: ModelRef, family: dict[str, Any], size: dict[str, Any], hw: HardwareProfile | None
+) -> PullTarget:
+    label, mlx = size["size"], size.get("mlx") or {}
+    pattern = mlx.get("repo") or family.get("mlx_repo")
+    if not pattern:
+        raise ModelNotFound(
+            f"No MLX build of {ref.name}:{label} in the catalog.",
+            f"Use `impetus pull {ref.name}:{label}` (GGUF).",
+        )
+    bits = (ref.quant or "4bit").removesuffix("bit")
+    if f"{bits}bit" not in MLX_BITS or f"{bits}bit" not in mlx.get("bits", MLX_BITS):
+        raise InvalidModelName(f"MLX builds come in 4bit or 8bit, not {ref.quant}.")
+    listed = (mlx.get("bytes") or {}).get(f"{bits}bit")
+    weights = (
+        int(listed) if listed else estimate_weights(facts(size)["params_b"], MLX_BITS[f"{bits}bit"])
+    )
+    repo = _fill(pattern, label, bits=bits)
+    info = model_info(facts(size), Path(repo), "mlx", weights, f"{bits}bit")
+    return PullTarget(
+        name=f"{ref.name}:{label}-mlx-{bits}bit",
+        repo=repo,
+        format="mlx",
+        files=MLX_FILES,
+        quant=f"{bits}bit",
+        size_bytes=weights,
+        reason=f"{describe_params(info)}: MLX {bits}-bit build",
+        info=info,
+        size_listed=bool(listed),
+        expected_tps=_speed(info, hw),
+        sources=_sources(size),
+    )
+
+
+def _sources(size: dict[str, Any]) -> tuple[str, ...]:
+    found = [facts(size).get("source"), (size.get("gguf") or {}).get("source")]
+    found.append((size.get("mlx") or {}).get("source"))
+    return tuple(s for s in found if s)
 
 
 def is_builtin(ref: ModelRef) -> bool:

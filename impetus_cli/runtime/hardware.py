@@ -241,19 +241,33 @@ def expected_speeds(
     kv_bytes: int,
     n_params: int | None,
     bandwidth_gbs: float | None = None,
+    active_params: int | None = None,
 ) -> dict[str, float]:
     """What this machine should reach (APPLE_SILICON.md): decode is memory-bound,
     tg = 1 / (bytes_per_token / (0.85 * bandwidth) + 5 ms); prefill is compute-bound,
-    pp = k * gpu_cores * 6.7e9 / n_params on Apple Silicon (no CPU model for pp here)."""
+    pp = k * gpu_cores * 6.7e9 / n_params on Apple Silicon (no CPU model for pp here).
+
+    A mixture of experts reads only its active parameters per token: with ``active_params``,
+    the weight bytes read are that share of ``weight_bytes``, and prefill is paced by the
+    active count too. Memory still holds every expert (that is the planner's business)."""
     bandwidth = bandwidth_gbs or profile.memory_bandwidth_gbs
+    read = active_weight_bytes(weight_bytes, n_params, active_params)
     speeds: dict[str, float] = {}
     if bandwidth:
-        per_token = weight_bytes + kv_bytes
+        per_token = read + kv_bytes
         overhead = 0.005 if profile.apple_silicon else 0.0
         speeds["tg"] = 1.0 / (per_token / (0.85 * bandwidth * 1e9) + overhead)
-    if profile.apple_silicon and profile.gpu_cores and n_params and profile.chip in PP_PER_CORE:
-        speeds["pp"] = PP_PER_CORE[profile.chip] * profile.gpu_cores * 6.7e9 / n_params
+    compute = active_params or n_params
+    if profile.apple_silicon and profile.gpu_cores and compute and profile.chip in PP_PER_CORE:
+        speeds["pp"] = PP_PER_CORE[profile.chip] * profile.gpu_cores * 6.7e9 / compute
     return speeds
+
+
+def active_weight_bytes(weight_bytes: int, n_params: int | None, active: int | None) -> int:
+    """Bytes of weights one token reads: all of them, or a mixture of experts' active share."""
+    if not active or not n_params or active >= n_params:
+        return weight_bytes
+    return int(weight_bytes * active / n_params)
 
 
 def describe(profile: HardwareProfile, settings: Settings | None = None) -> list[tuple[str, str]]:

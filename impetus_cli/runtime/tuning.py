@@ -1,9 +1,11 @@
 """(HardwareProfile, ModelInfo, Settings) -> LoadPlan: how to load a model here, and why.
 
-Pure arithmetic, no I/O. A model costs its weights (the file) + the KV cache for its context
-(2 * layers * kv_heads * head_dim * bytes per element, per token, per parallel sequence; layers
-with a sliding window hold only the window) + compute buffers (+ on GGUF models with a sliding
-window, room for prefix snapshots, window checkpoints and parked conversations). The context is
+Pure arithmetic, no I/O. A model costs its weights (the file: all of its parameters, a
+mixture of experts' idle experts too) + the KV cache for its context (2 * layers * kv_heads *
+head_dim * bytes per element, per token, per parallel sequence; layers with a sliding window
+hold only the window; recurrent layers of hybrid models hold a fixed state instead) + compute
+buffers (+ on GGUF models with a sliding window or recurrent layers, room for prefix snapshots,
+checkpoints and parked conversations). The context is
 the trained maximum capped by what fits the budget, aiming at 32k tokens because coding agents
 send 13-18k on their first request.
 """
@@ -23,7 +25,22 @@ KV_ELEMENT_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0"
 def kv_bytes(
     info: ModelInfo, n_ctx: int, kv_type: str = "f16", n_parallel: int = 1, n_ubatch: int = 512
 ) -> int:
-    return info.kv_cache_bytes(n_ctx, n_parallel, KV_ELEMENT_BYTES.get(kv_type, 2.0), n_ubatch)
+    """The cache of ``n_parallel`` sequences of ``n_ctx`` tokens, as llama.cpp allocates it: the
+    KV cache of the attention layers (sliding-window layers hold each sequence's window plus a
+    micro-batch; K and V heads may differ in size, as in multi-head latent attention) and the
+    fixed recurrent state of the recurrent layers of hybrid models."""
+    element = KV_ELEMENT_BYTES.get(kv_type, 2.0)
+    per_layer = info.n_kv_heads * (info.head_dim + (info.head_dim_v or info.head_dim)) * element
+    cells = n_ctx * n_parallel
+    swa = min(cells, info.sliding_window * n_parallel + n_ubatch) if info.swa_layers else 0
+    full = info.n_layers - info.recurrent_layers - info.swa_layers
+    kv = per_layer * (full * cells + info.swa_layers * swa)
+    return int(kv) + state_bytes(info, n_parallel)
+
+
+def state_bytes(info: ModelInfo, n_parallel: int = 1) -> int:
+    """The recurrent layers' state of ``n_parallel`` sequences: fixed, whatever the context."""
+    return info.recurrent_state_bytes * n_parallel
 
 
 def compute_bytes(
@@ -60,16 +77,18 @@ def estimate_bytes(
 def snapshot_bytes(
     info: ModelInfo, n_ctx: int, kv_type: str = "f16", n_ubatch: int = 512, n_parallel: int = 1
 ) -> int:
-    """Room for what the GGUF engine keeps on models with a sliding window (llama_snapshots.py):
-    prefix snapshots of at most one sequence's KV cache, and a window checkpoint per sequence
-    (the sliding-window layers' window and one micro-batch). Models without a window share
-    prefixes in place and roll back freely: none."""
-    if not info.swa_layers:
+    """Room for what the GGUF engine keeps on models whose cache cannot be shared or rolled
+    back in place (llama_snapshots.py): prefix snapshots of at most one sequence's cache, and a
+    checkpoint per sequence of what a rollback loses: the sliding-window layers' window and one
+    micro-batch, and the recurrent layers' state (hybrid models). Other models share prefixes
+    in place and roll back freely: none."""
+    if not info.swa_layers and not info.recurrent_layers:
         return 0
     element = KV_ELEMENT_BYTES.get(kv_type, 2.0)
-    window = 2 * info.n_kv_heads * info.head_dim * element * info.swa_layers
-    window *= min(n_ctx, info.sliding_window + n_ubatch)
-    return kv_bytes(info, n_ctx, kv_type, 1, n_ubatch) + int(window) * n_parallel
+    window = info.n_kv_heads * (info.head_dim + (info.head_dim_v or info.head_dim)) * element
+    window *= info.swa_layers * min(n_ctx, info.sliding_window + n_ubatch)
+    checkpoint = int(window) + state_bytes(info)
+    return kv_bytes(info, n_ctx, kv_type, 1, n_ubatch) + checkpoint * n_parallel
 
 
 def _one_sequence(
@@ -139,10 +158,16 @@ def plan_load(
     gguf = model.format == "gguf"
     snapshots = snapshot_bytes(info, ctx, kv_type, n_ubatch, n_parallel) if gguf else 0
     if snapshots:
+        why = "a sliding window" if info.swa_layers else "a recurrent state"
         notes.append(
-            f"{snapshots / 1e9:.2f} GB for prefix snapshots, window checkpoints and parked "
-            "conversations: a sliding window keeps prefixes from being shared or rolled back "
-            "in place"
+            f"{snapshots / 1e9:.2f} GB for prefix snapshots, checkpoints and parked "
+            f"conversations: {why} keeps prefixes from being shared or rolled back in place"
+        )
+    if info.recurrent_layers:
+        notes.append(
+            f"{info.recurrent_layers} of {info.n_layers} layers keep a recurrent state "
+            f"({state_bytes(info, n_parallel) / 1e6:.0f} MB for {n_parallel} sequences, whatever "
+            "the context) instead of a KV cache"
         )
     return LoadPlan(
         model=model,
@@ -159,6 +184,7 @@ def plan_load(
         kv_bytes=kv_bytes(info, ctx, kv_type, n_parallel, n_ubatch),
         compute_bytes=compute_bytes(info, ctx, n_ubatch, flash_attn, n_parallel),
         snapshot_bytes=snapshots,
+        state_bytes=state_bytes(info, n_parallel),
         notes=tuple(notes),
         prompt_cache_dir=settings.prompt_cache_dir if settings.prompt_cache else None,
     )
