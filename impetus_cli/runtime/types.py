@@ -120,6 +120,25 @@ class LocalModel:
 
 
 @dataclass(frozen=True)
+class Placement:
+    """One part of a model split across machines (llama.cpp's RPC backend): where it lives,
+    ``"local"`` or a worker's ``"host:port"``, its layers ``[first, last)`` (layer
+    ``n_layers`` is the output layer) and the bytes it holds there, planned."""
+
+    where: str
+    first: int
+    last: int
+    weights_bytes: int
+    kv_bytes: int
+    compute_bytes: int
+    budget_bytes: int  # the memory that machine offers
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weights_bytes + self.kv_bytes + self.compute_bytes
+
+
+@dataclass(frozen=True)
 class LoadPlan:
     """How to load one model on this machine, and why. Made by tuning.plan_load."""
 
@@ -139,6 +158,11 @@ class LoadPlan:
     notes: tuple[str, ...] = ()
     prompt_cache_dir: Path | None = None  # where the KV cache is saved at unload (GGUF)
     snapshot_bytes: int = 0  # room for snapshots, checkpoints, parked sequences (GGUF, window)
+    # A model split across machines (runtime/rpc.py): the parts, workers first and this machine
+    # last, and the workers' endpoints. With a placement the byte fields count this machine's
+    # part only; the workers' parts are in ``placement``.
+    placement: tuple[Placement, ...] = ()
+    rpc_workers: tuple[str, ...] = ()
     # Of kv_bytes, the recurrent layers' state (hybrid models): fixed, whatever the context.
     state_bytes: int = 0
 
