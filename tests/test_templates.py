@@ -1,4 +1,5 @@
-"""Chat templates per architecture, the sandbox, tool prompts, stop strings and tool-call parsing."""
+"""Chat templates per architecture, the sandbox, tool prompts, stop strings and the Hermes,
+Llama 3 and Mistral call parsers the built-in formats rely on."""
 
 from __future__ import annotations
 
@@ -7,8 +8,16 @@ import json
 import pytest
 
 from impetus_cli.errors import EngineError, ImpetusError
-from impetus_cli.runtime.templates import StopMatcher, ToolCallStream, render_chat, tool_call_style
+from impetus_cli.runtime.replies import reply_parser, tool_dialect
+from impetus_cli.runtime.stops import StopMatcher
+from impetus_cli.runtime.templates import render_chat
 from impetus_cli.runtime.types import ChatMessage, ToolCall, ToolSpec
+
+TEMPLATE_OF = {
+    "hermes": None,
+    "llama3": "<|start_header_id|><|python_tag|>",
+    "mistral": "[TOOL_CALLS]",
+}
 
 SYS = ChatMessage(role="system", content="Be brief.")
 USER = ChatMessage(role="user", content="Hi")
@@ -106,9 +115,12 @@ def test_a_models_own_template_renders_tools_and_tool_calls() -> None:
     assert out.endswith("<|im_start|>assistant\n")
 
 
-def test_templates_without_tool_support_get_the_documented_tool_prompt() -> None:
+def test_templates_without_tool_support_get_a_tool_prompt_naming_a_real_tool() -> None:
     out = render_chat([USER], [TOOL], template=None, architecture="gemma3", bos_token="<bos>")
     assert "<tools>" in out and '"read_file"' in out and "<tool_call>" in out
+    # The example is a call of the real first tool, never a placeholder a model could copy.
+    assert '{"name": "read_file", "arguments": {"path": "..."}}' in out
+    assert "<function-name>" not in out and "<arg>" not in out
 
 
 def test_the_sandbox_blocks_attribute_abuse() -> None:
@@ -135,13 +147,13 @@ def test_images_are_refused_for_text_models() -> None:
 
 
 def stream(style: str, pieces: list[str]) -> tuple[str, list[ToolCall]]:
-    parser = ToolCallStream(style)
+    parser = reply_parser(TEMPLATE_OF[style], "llama", tools=True)
     text, calls = "", []
     for piece in pieces:
-        t, c = parser.feed(piece)
-        text, calls = text + t, calls + c
-    t, c = parser.finish()
-    return text + t, calls + c
+        delta = parser.feed(piece)
+        text, calls = text + delta.content, calls + list(delta.tool_calls)
+    delta = parser.finish("stop")
+    return text + delta.content, calls + list(delta.tool_calls)
 
 
 def chunks(text: str, size: int) -> list[str]:
@@ -191,10 +203,11 @@ def test_mistral_tool_calls() -> None:
     assert [c.name for c in calls] == ["a", "b"]
 
 
-def test_tool_call_style_by_template_and_architecture() -> None:
-    assert tool_call_style("mistral", None) == "mistral"
-    assert tool_call_style("llama", "<|start_header_id|>{{ x }}<|python_tag|>") == "llama3"
-    assert tool_call_style("qwen2", QWEN_LIKE) == "hermes"
+def test_tool_dialect_by_template() -> None:
+    assert tool_dialect(None, "mistral") == "hermes"  # no template: our prompt teaches Hermes
+    assert tool_dialect("<|start_header_id|>{{ x }}<|python_tag|>", "llama") == "llama3"
+    assert tool_dialect(QWEN_LIKE, "qwen2") == "hermes"
+    assert tool_dialect("[TOOL_CALLS][{{ x }}", "llama") == "mistral-json"
 
 
 @pytest.mark.parametrize("size", [1, 2, 5])

@@ -1,24 +1,25 @@
-"""Chat templates, stop strings and tool calls.
+"""Chat templates: the prompt text for a conversation.
 
-``render_chat`` uses the model's own Jinja template in a sandbox when it has one, else a known
-template for its architecture (built-in templates live in templating_builtin.py). A system prompt
-is never dropped. Tool calls are parsed out of the model's text only when the request carried
-tools: ``ToolCallStream`` lets ordinary text through at once and holds back only what could be
-the start of a tool call.
+``render_chat`` renders the model's own Jinja chat template (the one its GGUF or tokenizer
+config carries) in a sandbox that offers what real templates use (``namespace``, loop controls,
+``raise_exception``, ``strftime_now``, ``tojson`` with arguments, list methods), or a known
+template for its architecture when the file has none (templating_builtin.py). It passes the
+switches reasoning models read (``enable_thinking``, ``thinking``, ``reasoning_effort``) and
+replays an assistant turn's reasoning under the keys templates read (``reasoning_content``,
+``thinking``). A system prompt is never dropped.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import secrets
-import string
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from impetus_cli.errors import EngineError, ImpetusError
 from impetus_cli.runtime.templating_builtin import BUILTIN, template_for
-from impetus_cli.runtime.types import ChatMessage, ToolCall, ToolSpec
+from impetus_cli.runtime.types import ChatMessage, Reasoning, ToolSpec
 
 TOOL_PROMPT = """\
 # Tools
@@ -30,10 +31,12 @@ below as JSON schemas:
 </tools>
 
 To call a function, answer with one <tool_call></tool_call> block per call, each holding a JSON
-object with the function name and its arguments, and nothing else:
+object with the function's "name" and its "arguments", and nothing else. For example:
 <tool_call>
-{{"name": "<function-name>", "arguments": {{"<arg>": "<value>"}}}}
+{example}
 </tool_call>"""
+
+_SAMPLE = {"string": "...", "integer": 1, "number": 1, "boolean": True, "array": [], "object": {}}
 
 
 def _tool_json(tools: Sequence[ToolSpec]) -> list[dict[str, Any]]:
@@ -50,28 +53,55 @@ def _tool_json(tools: Sequence[ToolSpec]) -> list[dict[str, Any]]:
     ]
 
 
-def _message_dict(msg: ChatMessage) -> dict[str, Any]:
-    """OpenAI-shaped dict, as HF templates expect (tool-call arguments parsed to objects)."""
+def _example_call(tool: ToolSpec) -> str:
+    """A call of the first real tool (models copy the example: it must name a real function)."""
+    props = tool.parameters.get("properties")
+    args: dict[str, Any] = {}
+    if isinstance(props, Mapping):
+        required = tool.parameters.get("required") or list(props)[:1]
+        for name in [p for p in required if p in props][:3]:
+            spec = props[name] if isinstance(props[name], Mapping) else {}
+            enum = spec.get("enum")
+            kind = spec.get("type")
+            args[name] = (
+                enum[0] if enum else _SAMPLE.get(kind if isinstance(kind, str) else "", "...")
+            )
+    return json.dumps({"name": tool.name, "arguments": args}, ensure_ascii=False)
+
+
+def _short_id(call_id: str) -> str:
+    """Mistral's templates demand 9-character alphanumeric call ids; ours are longer."""
+    if len(call_id) == 9 and call_id.isalnum():
+        return call_id
+    return hashlib.sha256(call_id.encode()).hexdigest()[:9]
+
+
+def _call_dict(call_id: str, name: str, arguments: str) -> dict[str, Any]:
+    try:
+        args: Any = json.loads(arguments or "{}")
+    except ValueError:
+        args = arguments
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": args}}
+
+
+def _message_dict(msg: ChatMessage, short_ids: bool) -> dict[str, Any]:
+    """OpenAI-shaped dict, as HF templates expect (tool-call arguments parsed to objects).
+    Keys a template tests with ``in`` (``thinking``, ``tool_calls``) are set only when they
+    have a value."""
+    fix = _short_id if short_ids else (lambda i: i)
     data: dict[str, Any] = {"role": msg.role, "content": msg.content or ""}
     if msg.tool_calls:
-        calls = []
-        for call in msg.tool_calls:
-            try:
-                args: Any = json.loads(call.arguments or "{}")
-            except ValueError:
-                args = call.arguments
-            calls.append(
-                {
-                    "id": call.id,
-                    "type": "function",
-                    "function": {"name": call.name, "arguments": args},
-                }
-            )
-        data["tool_calls"] = calls
+        data["tool_calls"] = [_call_dict(fix(c.id), c.name, c.arguments) for c in msg.tool_calls]
     if msg.tool_call_id:
-        data["tool_call_id"] = msg.tool_call_id
+        data["tool_call_id"] = fix(msg.tool_call_id)
     if msg.name:
         data["name"] = msg.name
+    if msg.reasoning and msg.role == "assistant":
+        data["reasoning_content"] = msg.reasoning
+        data["thinking"] = msg.reasoning
+        if msg.tool_calls:
+            # gpt-oss refuses a tool-call turn with both: its content is the analysis anyway.
+            data["content"] = ""
     return data
 
 
@@ -79,7 +109,10 @@ def _with_tool_prompt(
     messages: list[dict[str, Any]], tools: Sequence[ToolSpec]
 ) -> list[dict[str, Any]]:
     """Templates that know nothing of tools get them described in the system message."""
-    prompt = TOOL_PROMPT.format(tools="\n".join(json.dumps(t) for t in _tool_json(tools)))
+    prompt = TOOL_PROMPT.format(
+        tools="\n".join(json.dumps(t, ensure_ascii=False) for t in _tool_json(tools)),
+        example=_example_call(tools[0]),
+    )
     if messages and messages[0]["role"] == "system":
         return [{**messages[0], "content": messages[0]["content"] + "\n\n" + prompt}, *messages[1:]]
     return [{"role": "system", "content": prompt}, *messages]
@@ -97,7 +130,8 @@ def _tool_results_as_user(messages: list[dict[str, Any]]) -> list[dict[str, Any]
             calls = "\n".join(
                 "<tool_call>\n"
                 + json.dumps(
-                    {"name": c["function"]["name"], "arguments": c["function"]["arguments"]}
+                    {"name": c["function"]["name"], "arguments": c["function"]["arguments"]},
+                    ensure_ascii=False,
                 )
                 + "\n</tool_call>"
                 for c in m["tool_calls"]
@@ -110,9 +144,23 @@ def _tool_results_as_user(messages: list[dict[str, Any]]) -> list[dict[str, Any]
     return out
 
 
+def _merge_consecutive(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Templates that insist on alternating roles (Gemma) get consecutive user or assistant
+    turns joined (clients send several user messages in a row)."""
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        prev = out[-1] if out else None
+        plain = not m.get("tool_calls") and m["role"] in ("user", "assistant")
+        if prev is not None and plain and prev["role"] == m["role"] and not prev.get("tool_calls"):
+            out[-1] = {**prev, "content": f"{prev['content']}\n\n{m['content']}"}
+        else:
+            out.append(m)
+    return out
+
+
 def _environment() -> Any:
     from jinja2.ext import loopcontrols
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    from jinja2.sandbox import SandboxedEnvironment
 
     def raise_exception(message: str) -> None:
         raise ImpetusError(
@@ -120,13 +168,20 @@ def _environment() -> Any:
         )
 
     def tojson(
-        value: Any, indent: int | None = None, ensure_ascii: bool = False, sort_keys: bool = False
+        value: Any,
+        indent: int | None = None,
+        ensure_ascii: bool = False,
+        separators: Sequence[str] | None = None,
+        sort_keys: bool = False,
     ) -> str:
-        return json.dumps(value, indent=indent, ensure_ascii=ensure_ascii, sort_keys=sort_keys)
+        seps = (str(separators[0]), str(separators[1])) if separators else None
+        return json.dumps(
+            value, indent=indent, ensure_ascii=ensure_ascii, separators=seps, sort_keys=sort_keys
+        )
 
-    env = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols]
-    )
+    # Not the immutable sandbox: real templates keep state in lists (Kimi K2 appends to and
+    # pops from a queue of call ids). They only ever see copies we made for this render.
+    env = SandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
@@ -147,11 +202,28 @@ def render_jinja(
         raise EngineError(
             f"The model's chat template tried something unsafe: {exc}", "Use a trusted model."
         ) from exc
-    except TemplateError as exc:
+    except (TemplateError, TypeError, ValueError, KeyError, IndexError) as exc:
+        # A template written for other inputs fails inside Jinja with plain Python errors too.
         raise EngineError(
             f"The model's chat template failed: {exc}",
             "Report it; a built-in template is used when none is set.",
         ) from exc
+
+
+def reasoning_kwargs(reasoning: Reasoning) -> dict[str, Any]:
+    """The switches reasoning templates read; none at all means the model's own default.
+    Qwen3, GLM and the R1 distills read ``enable_thinking``, DeepSeek V3.1 ``thinking``,
+    gpt-oss ``reasoning_effort`` (low, medium or high: it cannot turn reasoning off)."""
+    out: dict[str, Any] = {}
+    if reasoning.enabled is not None:
+        out["enable_thinking"] = reasoning.enabled
+        out["thinking"] = reasoning.enabled
+    effort = reasoning.effort
+    if reasoning.enabled is False:
+        effort = "low"
+    if effort is not None:
+        out["reasoning_effort"] = {"minimal": "low"}.get(effort, effort)
+    return out
 
 
 def render_chat(
@@ -163,6 +235,7 @@ def render_chat(
     bos_token: str = "",
     eos_token: str = "",
     add_generation_prompt: bool = True,
+    reasoning: Reasoning | None = None,
 ) -> str:
     """The prompt text for ``messages``, through the model's template or a known fallback."""
     if any(m.images for m in messages):
@@ -171,13 +244,16 @@ def render_chat(
             "Send text only, or use a vision model.",
             param="messages",
         )
-    dicts = [_message_dict(m) for m in messages]
     source = template or BUILTIN[template_for(architecture, bos_token)]
+    short_ids = "[CALL_ID]" in source or "length != 9" in source
+    dicts = [_message_dict(m, short_ids) for m in messages]
     native_tools = template is not None and "tools" in template
     if tools and not native_tools:
         dicts = _with_tool_prompt(dicts, tools)
     if "tool" not in source:  # the template has no notion of tool results
         dicts = _tool_results_as_user(dicts)
+    if "must alternate" in source:
+        dicts = _merge_consecutive(dicts)
     return render_jinja(
         source,
         dicts,
@@ -185,176 +261,5 @@ def render_chat(
         bos_token=bos_token,
         eos_token=eos_token,
         add_generation_prompt=add_generation_prompt,
+        **reasoning_kwargs(reasoning or Reasoning()),
     )
-
-
-def stop_strings_for(architecture: str, template: str | None) -> tuple[str, ...]:
-    """End-of-turn markers, in case the model emits them as text rather than an EOG token."""
-    text = template or BUILTIN[template_for(architecture, "")]
-    markers = ("<end_of_turn>", "<|im_end|>", "<|eot_id|>", "<|end|>", "</s>", "<|endoftext|>")
-    return tuple(m for m in markers if m in text)
-
-
-# -- stop strings ----------------------------------------------------------------------------
-
-
-class StopMatcher:
-    """Streams text, cutting at the first stop string and holding back any tail that could be
-    the start of one (a stop split across tokens is never emitted)."""
-
-    def __init__(self, stops: Sequence[str]):
-        self.stops = tuple(s for s in stops if s)
-        self.held = ""
-        self.stopped = False
-
-    def feed(self, text: str) -> tuple[str, bool]:
-        if self.stopped:
-            return "", True
-        buf = self.held + text
-        cut = min((i for i in (buf.find(s) for s in self.stops) if i >= 0), default=-1)
-        if cut >= 0:
-            self.held, self.stopped = "", True
-            return buf[:cut], True
-        keep = max((self._partial(buf, s) for s in self.stops), default=0)
-        self.held = buf[len(buf) - keep :] if keep else ""
-        return buf[: len(buf) - keep], False
-
-    @staticmethod
-    def _partial(buf: str, stop: str) -> int:
-        """Length of the longest suffix of ``buf`` that is a proper prefix of ``stop``."""
-        for n in range(min(len(stop) - 1, len(buf)), 0, -1):
-            if buf.endswith(stop[:n]):
-                return n
-        return 0
-
-    def flush(self) -> str:
-        held, self.held = self.held, ""
-        return "" if self.stopped else held
-
-
-# -- tool calls ------------------------------------------------------------------------------
-
-MARKERS = {
-    "hermes": ("<tool_call>", "</tool_call>"),
-    "mistral": ("[TOOL_CALLS]", None),
-    "llama3": ("<|python_tag|>", None),
-}
-
-
-def tool_call_style(architecture: str, template: str | None) -> str:
-    text = template or ""
-    if "[TOOL_CALLS]" in text or architecture.startswith("mistral"):
-        return "mistral"
-    if "<|python_tag|>" in text or ("<|start_header_id|>" in text and "<tool_call>" not in text):
-        return "llama3"
-    return "hermes"
-
-
-def new_call_id() -> str:
-    alphabet = string.ascii_letters + string.digits
-    return "call_" + "".join(secrets.choice(alphabet) for _ in range(24))
-
-
-def _call_from(obj: Any) -> ToolCall | None:
-    if not isinstance(obj, dict):
-        return None
-    inner = obj.get("function")
-    fn: dict[str, Any] = inner if isinstance(inner, dict) else obj
-    name = fn.get("name")
-    if not isinstance(name, str) or not name:
-        return None
-    args = fn.get("arguments", fn.get("parameters", {}))
-    if isinstance(args, str):
-        try:
-            args = json.loads(args or "{}")
-        except ValueError:
-            return None
-    return ToolCall(
-        id=new_call_id(),
-        name=name,
-        arguments=json.dumps(args if args is not None else {}, ensure_ascii=False),
-    )
-
-
-def parse_json_calls(text: str) -> list[ToolCall] | None:
-    """One JSON object or a list of them, each a call; None if the text is not that."""
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return None
-    items = data if isinstance(data, list) else [data]
-    calls = [_call_from(item) for item in items]
-    return None if not calls or any(c is None for c in calls) else [c for c in calls if c]
-
-
-class ToolCallStream:
-    """Separates tool calls from text in a streamed reply."""
-
-    def __init__(self, style: str = "hermes"):
-        self.style = style
-        self.buf = ""
-        self.in_call = False
-        self.calls: list[ToolCall] = []
-        # Llama 3 and Mistral put calls at the very start of the reply (after whitespace).
-        self.at_start = True
-
-    def feed(self, text: str) -> tuple[str, list[ToolCall]]:
-        self.buf += text
-        return self._drain(final=False)
-
-    def finish(self) -> tuple[str, list[ToolCall]]:
-        return self._drain(final=True)
-
-    def _drain(self, final: bool) -> tuple[str, list[ToolCall]]:
-        if self.style == "hermes":
-            return self._drain_hermes(final)
-        return self._drain_leading(final)
-
-    def _drain_hermes(self, final: bool) -> tuple[str, list[ToolCall]]:
-        open_tag, close_tag = "<tool_call>", "</tool_call>"
-        out, found = "", list[ToolCall]()
-        while True:
-            if not self.in_call:
-                i = self.buf.find(open_tag)
-                if i < 0:
-                    keep = 0 if final else StopMatcher._partial(self.buf, open_tag)
-                    out += self.buf[: len(self.buf) - keep]
-                    self.buf = self.buf[len(self.buf) - keep :]
-                    return out, found
-                out, self.buf, self.in_call = (
-                    out + self.buf[:i],
-                    self.buf[i + len(open_tag) :],
-                    True,
-                )
-            j = self.buf.find(close_tag)
-            if j < 0:
-                if final:  # an unfinished call: give the text back rather than lose it
-                    out, self.buf, self.in_call = out + open_tag + self.buf, "", False
-                return out, found
-            body, self.buf, self.in_call = self.buf[:j], self.buf[j + len(close_tag) :], False
-            calls = parse_json_calls(body.strip())
-            if calls is None:
-                out += open_tag + body + close_tag
-            else:
-                found += calls
-                self.calls += calls
-
-    def _drain_leading(self, final: bool) -> tuple[str, list[ToolCall]]:
-        marker = MARKERS[self.style][0]
-        if not self.at_start:
-            out, self.buf = self.buf, ""
-            return out, []
-        stripped = self.buf.lstrip()
-        looks_like_call = stripped.startswith(marker) or stripped.startswith(("{", "["))
-        could_be = not stripped or marker.startswith(stripped) or looks_like_call
-        if not final and could_be:
-            return "", []  # wait: it may be a call; a call is the whole reply
-        body = stripped.removeprefix(marker).strip()
-        calls = parse_json_calls(body) if looks_like_call else None
-        self.at_start = False
-        if calls:
-            self.buf = ""
-            self.calls += calls
-            return "", calls
-        out, self.buf = self.buf, ""
-        return out, []

@@ -356,7 +356,7 @@ class MlxEngine:
     def _run(
         self, tokens: list[int], sampling: SamplingParams, cancel: threading.Event
     ) -> Iterator[GenerationChunk]:
-        from impetus_cli.runtime.templates import StopMatcher
+        from impetus_cli.runtime.stops import StopMatcher
 
         start = time.perf_counter()
         cached = self._prepare_cache(tokens)

@@ -102,7 +102,7 @@ class Batcher:
         import mlx.core as mx
 
         from impetus_cli.runtime.engines.mlx import _Stream
-        from impetus_cli.runtime.templates import StopMatcher
+        from impetus_cli.runtime.stops import StopMatcher
 
         if job.stopped:
             job.stream = _Stream(finish="cancelled")
