@@ -177,7 +177,7 @@ class Scheduler:
                 self._park_idle()
         self.e.last_cached_tokens = r.cached
         self.e.last_evaluated_tokens = len(r.tokens) - r.cached
-        from impetus_cli.runtime.templates import StopMatcher
+        from impetus_cli.runtime.stops import StopMatcher
 
         r.stops = StopMatcher(r.sampling.stop)
         try:
