@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from impetus_cli.doctor import Check, Probes, run_checks
 from impetus_cli.runtime.config import load_settings
+from impetus_cli.services.doctor import Check, Probes, run_checks
 
 
 def healthy(tmp_path: Path) -> Probes:
@@ -69,7 +69,7 @@ def test_doctor_exit_status_follows_failures(
 ) -> None:
     from typer.testing import CliRunner
 
-    import impetus_cli.doctor as doctor_module
+    import impetus_cli.services.doctor as doctor_module
     from impetus_cli.cli import app
 
     def fake_checks(probes: Probes) -> list[Check]:

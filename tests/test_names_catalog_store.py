@@ -11,7 +11,8 @@ from impetus_cli.errors import InsufficientMemory, InvalidModelName, ModelNotFou
 from impetus_cli.runtime import catalog
 from impetus_cli.runtime.config import load_settings
 from impetus_cli.runtime.names import canonical_name, parse_ref
-from impetus_cli.runtime.store import Store, atomic_write_json
+from impetus_cli.runtime.fs import atomic_write_json
+from impetus_cli.runtime.store import Store
 from impetus_cli.runtime.types import LocalModel
 
 GB = 1_000_000_000
@@ -94,6 +95,7 @@ def test_manifests_are_written_atomically_and_survive_junk(
 ) -> None:
     settings = load_settings()
     store = Store(settings)
+    (tmp_path / "x.gguf").write_bytes(b"G")
     model = LocalModel(
         name="x:1b", format="gguf", path=tmp_path / "x.gguf", origin="impetus", size_bytes=1
     )

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import yaml
 
-from impetus_cli.wiring import Wiring, cline_state, continue_models, write_cline, write_continue
+from impetus_cli.services.wiring import (
+    Wiring,
+    cline_state,
+    continue_models,
+    write_cline,
+    write_continue,
+)
 
 W = Wiring(base_url="http://127.0.0.1:8080/v1", model="qwen2.5-coder:7b", context_window=32768)
 

@@ -218,7 +218,7 @@ def _likely_causes(hw) -> str:  # type: ignore[no-untyped-def]
 
 
 def _save(settings: Settings, run: BenchRun) -> Path:
-    from impetus_cli.runtime.store import atomic_write_json
+    from impetus_cli.runtime.fs import atomic_write_json
 
     settings.bench_dir.mkdir(parents=True, exist_ok=True)
     path = (

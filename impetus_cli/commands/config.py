@@ -17,7 +17,7 @@ from impetus_cli.errors import ImpetusError
 
 if TYPE_CHECKING:
     from impetus_cli.runtime.config import Settings
-    from impetus_cli.wiring import Wiring
+    from impetus_cli.services.wiring import Wiring
 
 config_app = typer.Typer(
     help="Print or write the settings for Cline and Continue.", no_args_is_help=True
@@ -35,7 +35,7 @@ def register(app: typer.Typer) -> None:
 
 def _wiring(model: str | None, url: str | None, autocomplete: str | None = None) -> Wiring:
     from impetus_cli.runtime.config import load_settings
-    from impetus_cli.wiring import Wiring
+    from impetus_cli.services.wiring import Wiring
 
     settings = load_settings()
     model = model or settings.default_model
@@ -74,7 +74,7 @@ def cline(
     model: ModelOpt = None, url: UrlOpt = None, write: WriteOpt = False, as_json: JsonOpt = False
 ) -> None:
     """Settings for Cline's "OpenAI Compatible" provider."""
-    from impetus_cli.wiring import cline_state, write_cline
+    from impetus_cli.services.wiring import cline_state, write_cline
 
     w = _wiring(model, url)
     state, secrets = cline_state(w)
@@ -105,7 +105,7 @@ def continue_(
     """Models for Continue's config.yaml (chat, autocomplete, embeddings)."""
     import yaml
 
-    from impetus_cli.wiring import continue_models, write_continue
+    from impetus_cli.services.wiring import continue_models, write_continue
 
     w = _wiring(model, url, autocomplete)
     models = continue_models(w)

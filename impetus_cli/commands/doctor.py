@@ -20,8 +20,8 @@ def doctor(as_json: JsonOpt = False) -> None:
 
     from rich.table import Table
 
-    from impetus_cli.doctor import Probes, run_checks
     from impetus_cli.runtime.config import load_settings
+    from impetus_cli.services.doctor import Probes, run_checks
 
     checks = run_checks(Probes(load_settings()))
     failed = any(c.status == "fail" for c in checks)

@@ -7,7 +7,7 @@ import time
 import typer
 
 from impetus_cli.commands._options import JsonOpt
-from impetus_cli.commands._ui import console, human_bytes, print_json
+from impetus_cli.commands._ui import console, err_console, human_bytes, print_json
 
 
 def register(app: typer.Typer) -> None:
@@ -29,7 +29,8 @@ def list_models(as_json: JsonOpt = False) -> None:
     from impetus_cli.runtime.config import load_settings
     from impetus_cli.runtime.store import Store
 
-    models = Store(load_settings()).list()
+    listing = Store(load_settings()).listing()
+    models = listing.models
     if as_json:
         print_json(
             [
@@ -75,3 +76,8 @@ def list_models(as_json: JsonOpt = False) -> None:
             _ago(m.last_used),
         )
     console().print(table if models else "No models yet: `impetus pull qwen2.5-coder:7b`.")
+    if listing.skipped:  # on stderr: the table stays clean when piped
+        err_console().print(
+            f"[yellow]{len(listing.skipped)} model file(s) could not be read and are not listed"
+            "[/]: `impetus doctor` says which and why."
+        )

@@ -6,6 +6,10 @@
 - ``hf:org/repo[:quant or file]`` (also ``hf.co/org/repo``, ``huggingface.co/org/repo``).
 - a local file or directory: a path that exists, or starts with ``/``, ``./``, ``~``, or ends
   with ``.gguf``.
+
+Every spelling that names one model finds it: ``hf:org/repo:q8_0``, ``hf.co/org/repo:Q8_0`` and
+``huggingface.co/org/repo:Q8_0`` are the same file, and a catalog tag's parts may come in any
+order and case (``refers_to`` matches a reference against a listed model's facts).
 """
 
 from __future__ import annotations
@@ -14,10 +18,10 @@ import re
 from pathlib import Path
 
 from impetus_cli.errors import InvalidModelName
-from impetus_cli.runtime.types import ModelRef
+from impetus_cli.runtime import quant as quants
+from impetus_cli.runtime.types import LocalModel, ModelRef
 
 SIZE = re.compile(r"^\d+(\.\d+)?[bm]$")
-QUANT = re.compile(r"^(i?q\d(_[a-z0-9]+)*|f16|bf16|f32|\d+bit)$")
 REPO = re.compile(r"^[\w.-]+/[\w.-]+$")
 HF_PREFIXES = ("hf:", "hf.co/", "huggingface.co/", "https://huggingface.co/")
 
@@ -50,7 +54,7 @@ def parse_ref(text: str) -> ModelRef:
             size = part
         elif part in ("gguf", "mlx", "safetensors"):
             fmt = part
-        elif QUANT.match(part):
+        elif quants.is_quant_tag(part):
             quant = part
         elif part == "latest":
             continue
@@ -75,7 +79,7 @@ def _parse_hf(raw: str, rest: str) -> ModelRef:
     if extra.lower().endswith(".gguf"):
         return ModelRef(raw=raw, kind="hf", name=repo, format="gguf", filename=extra)
     quant = extra.lower() or None
-    if quant and not QUANT.match(quant):
+    if quant and not quants.is_quant_tag(quant):
         raise InvalidModelName(
             f"{extra!r} is neither a quantization nor a .gguf file.", "e.g. hf:org/repo:q4_k_m"
         )
@@ -92,3 +96,37 @@ def canonical_name(ref: ModelRef, quant: str | None = None, fmt: str | None = No
         return str(ref.path)
     parts = [p for p in (ref.size, "mlx" if (fmt or ref.format) == "mlx" else None, quant) if p]
     return f"{ref.name}:{'-'.join(parts)}" if parts else ref.name
+
+
+def _catalog_tag(model: LocalModel) -> ModelRef | None:
+    """A listed model's name read as a catalog reference, if it is one."""
+    try:
+        ref = parse_ref(model.name)
+    except InvalidModelName:
+        return None  # ollama/..., lmstudio/... and imported names are matched exactly
+    return ref if ref.kind == "catalog" else None
+
+
+def refers_to(ref: ModelRef, model: LocalModel) -> bool:
+    """Whether ``ref`` (as a user typed it) names ``model``: the same Hub repo and quantization
+    or file for ``hf:`` references, the same name and agreeing tag parts for catalog names.
+    Parts the reference leaves out match anything; the caller decides what several hits mean."""
+    model_quant = quants.normalize(model.quantization)
+    if ref.kind == "hf":
+        if not model.repo or model.repo.casefold() != ref.name.casefold():
+            return False
+        if ref.filename:
+            return ref.filename in (model.filename, model.path.name)
+        return ref.quant is None or ref.quant == model_quant
+    if ref.kind != "catalog":
+        return False
+    listed = _catalog_tag(model)
+    if listed is None or listed.name != ref.name:
+        return False
+    fmt = "gguf" if model.format == "gguf" else "mlx"  # "safetensors" runs on mlx-lm too
+    wanted = {"safetensors": "mlx"}.get(ref.format or "", ref.format)
+    return (
+        ref.size in (None, listed.size)
+        and wanted in (None, fmt)
+        and ref.quant in (None, model_quant, listed.quant)
+    )

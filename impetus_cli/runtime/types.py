@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 Format = Literal["gguf", "mlx", "safetensors"]
-Origin = Literal["impetus", "builtin", "hf-cache", "ollama", "lmstudio", "path"]
+Origin = Literal["impetus", "imported", "builtin", "hf-cache", "ollama", "lmstudio", "path"]
 Role = Literal["system", "user", "assistant", "tool"]
 FinishReason = Literal["stop", "length", "tool_calls", "cancelled"]
 

@@ -2,12 +2,20 @@
 
 Cline keeps its provider settings in ``~/.cline/data/globalState.json`` (+ ``secrets.json`` for
 the key); Continue in ``~/.continue/config.yaml``. ``--write`` merges ours in: every other
-setting stays, a timestamped backup is kept, and the write is atomic.
+setting stays, a timestamped backup is kept, and the write is atomic. A settings file that is a
+symlink (dotfiles repositories) is written through: the file it points at changes, the link
+stays, and so do the file's permissions.
+
+Continue's YAML keeps its comments everywhere but inside the ``models:`` list: only that block's
+text is replaced (PyYAML, our YAML library, cannot round-trip comments, so the rest of the file is
+kept as text). When the file's layout does not allow that (a flow-style list, several documents),
+the whole file is rewritten from its data and comments are lost; the backup keeps them.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -15,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from impetus_cli.errors import ImpetusError
+from impetus_cli.runtime.fs import PRIVATE_MODE, atomic_write_json, atomic_write_text
 
 CLINE_DIR = Path("~/.cline/data")
 CONTINUE_CONFIG = Path("~/.continue/config.yaml")
@@ -97,8 +106,6 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def write_cline(w: Wiring, data_dir: Path = CLINE_DIR) -> list[Path]:
     """Merge into Cline's state files; returns the backups made."""
-    from impetus_cli.runtime.store import atomic_write_json
-
     data_dir = data_dir.expanduser()
     state, secrets = cline_state(w)
     backups = []
@@ -108,19 +115,58 @@ def write_cline(w: Wiring, data_dir: Path = CLINE_DIR) -> list[Path]:
         if (made := backup(path)) is not None:
             backups.append(made)
         data_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path, merged)
+        atomic_write_json(path, merged, mode=PRIVATE_MODE)  # secrets: owner only, when new
     return backups
+
+
+_TOP_KEY = re.compile(r"^models\s*:")
+
+
+def _models_block(lines: list[str]) -> tuple[int, int] | None:
+    """[start, end) of the lines of the top-level ``models:`` entry, or None."""
+    start = next((i for i, line in enumerate(lines) if _TOP_KEY.match(line)), None)
+    if start is None:
+        return None
+    end = start + 1
+    for i in range(start + 1, len(lines)):
+        text = lines[i]
+        if not text.strip() or text.lstrip().startswith("#"):
+            continue  # blank lines and comments belong to the block only if it goes on after
+        if text[0] in " \t-":
+            end = i + 1
+        else:
+            break
+    return start, end
+
+
+def merge_yaml_text(text: str, data: dict[str, Any]) -> str | None:
+    """``text`` with its top-level ``models:`` block replaced by ``data["models"]`` (or one
+    appended), everything else as it was; None when the result would not load as ``data``."""
+    import yaml
+
+    block = yaml.safe_dump({"models": data["models"]}, sort_keys=False, allow_unicode=True)
+    lines = text.splitlines(keepends=True)
+    span = _models_block(lines)
+    if span is None:
+        sep = "" if not text or text.endswith("\n") else "\n"
+        merged = text + sep + block
+    else:
+        merged = "".join(lines[: span[0]]) + block + "".join(lines[span[1] :])
+    try:
+        same = yaml.safe_load(merged) == data
+    except yaml.YAMLError:
+        return None
+    return merged if same else None
 
 
 def write_continue(w: Wiring, config: Path = CONTINUE_CONFIG) -> Path | None:
     """Merge our models into Continue's config.yaml (ours replace entries of the same name)."""
     import yaml
 
-    from impetus_cli.runtime.store import atomic_write_text
-
     config = config.expanduser()
     try:
-        data = yaml.safe_load(config.read_text(encoding="utf-8")) if config.exists() else None
+        text = config.read_text(encoding="utf-8") if config.exists() else ""
+        data = yaml.safe_load(text) if text else None
     except (OSError, yaml.YAMLError) as exc:
         raise ImpetusError(f"Cannot read {config}: {exc}", "Fix the file or move it away.") from exc
     data = data or {"name": "Local config", "version": "1.0.0", "schema": "v1"}
@@ -132,7 +178,8 @@ def write_continue(w: Wiring, config: Path = CONTINUE_CONFIG) -> Path | None:
         m for m in data.get("models") or [] if not (isinstance(m, dict) and m.get("name") in names)
     ]
     data["models"] = kept + ours
+    merged = merge_yaml_text(text, data) if text.strip() else None
     made = backup(config)
     config.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(config, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    atomic_write_text(config, merged or yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
     return made

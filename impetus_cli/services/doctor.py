@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 from impetus_cli.runtime.config import Settings
+from impetus_cli.runtime.discovery import Skipped
 
 Status = Literal["ok", "warn", "fail"]
 GB = 1_000_000_000
@@ -84,10 +85,16 @@ def _model_names(settings: Settings) -> list[str]:
     return [m.name for m in Store(settings).list()]
 
 
-def _hf_cache() -> Path:
-    from huggingface_hub import constants
+def _skipped_files(settings: Settings) -> list[Skipped]:
+    from impetus_cli.runtime.store import Store
 
-    return Path(constants.HF_HUB_CACHE)
+    return Store(settings).skipped()
+
+
+def _hf_cache() -> Path:
+    from impetus_cli.runtime.discovery import hf_cache_dir
+
+    return hf_cache_dir()
 
 
 @dataclass
@@ -101,6 +108,7 @@ class Probes:
     writable: Callable[[Path], bool] = _writable
     free_bytes: Callable[[Path], int] = _free_bytes
     models: Callable[[Settings], list[str]] = _model_names
+    skipped: Callable[[Settings], list[Skipped]] = _skipped_files
     hf_cache: Callable[[], Path] = _hf_cache
     extra: list[Callable[[], Check]] = field(default_factory=list)
 
@@ -235,9 +243,32 @@ def check_models(p: Probes) -> list[Check]:
     ]
 
 
+SHOWN_SKIPPED = 5
+
+
+def check_files(p: Probes) -> list[Check]:
+    """Model files that `list` and the server leave out because they cannot be read."""
+    skipped = p.skipped(p.settings)
+    if not skipped:
+        return [Check("files", "ok", "every model file found can be read")]
+    lines = [f"{s.path} ({s.origin}): {s.reason}" for s in skipped[:SHOWN_SKIPPED]]
+    if len(skipped) > SHOWN_SKIPPED:
+        lines.append(f"... and {len(skipped) - SHOWN_SKIPPED} more")
+    return [
+        Check(
+            "files",
+            "warn",
+            f"{len(skipped)} model file(s) skipped:\n" + "\n".join(lines),
+            "Remove or repair broken links and fix permissions; the other models are not "
+            "affected. Impetus never changes other tools' files.",
+        )
+    ]
+
+
 def run_checks(probes: Probes) -> list[Check]:
     checks: list[Check] = []
-    for group in (check_platform, check_backends, check_server, check_storage, check_models):
+    groups = (check_platform, check_backends, check_server, check_storage, check_models)
+    for group in (*groups, check_files):
         checks.extend(group(probes))
     checks.extend(extra() for extra in probes.extra)
     return checks
