@@ -62,7 +62,9 @@ def _value_for(name: str, schema: Json) -> Any:
     kind = schema.get("type")
     lowered = name.lower()
     if kind == "array":
-        return ["bash", "-lc", SHELL_COMMAND] if "command" in lowered else []
+        if lowered == "command":  # one argv, as Codex's legacy `shell` tool takes it
+            return ["bash", "-lc", SHELL_COMMAND]
+        return [SHELL_COMMAND] if "command" in lowered else []
     if kind == "boolean":
         return False
     if kind in ("integer", "number"):
