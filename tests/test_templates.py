@@ -119,7 +119,7 @@ def test_templates_without_tool_support_get_a_tool_prompt_naming_a_real_tool() -
     out = render_chat([USER], [TOOL], template=None, architecture="gemma3", bos_token="<bos>")
     assert "<tools>" in out and '"read_file"' in out and "<tool_call>" in out
     # The example is a call of the real first tool, never a placeholder a model could copy.
-    assert '{"name": "read_file", "arguments": {"path": "..."}}' in out
+    assert '<tool_call>\n{"name": "read_file", "arguments": {"path": "..."}}\n</tool_call>' in out
     assert "<function-name>" not in out and "<arg>" not in out
 
 

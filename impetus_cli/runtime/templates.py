@@ -18,6 +18,8 @@ from datetime import datetime
 from typing import Any
 
 from impetus_cli.errors import EngineError, ImpetusError
+from impetus_cli.runtime.replies import tool_dialect
+from impetus_cli.runtime.replies.syntax import write_call
 from impetus_cli.runtime.templating_builtin import BUILTIN, template_for
 from impetus_cli.runtime.types import ChatMessage, Reasoning, ToolSpec
 
@@ -30,11 +32,9 @@ below as JSON schemas:
 {tools}
 </tools>
 
-To call a function, answer with one <tool_call></tool_call> block per call, each holding a JSON
-object with the function's "name" and its "arguments", and nothing else. For example:
-<tool_call>
-{example}
-</tool_call>"""
+To call a function, answer with the call written exactly in this form (one per call), with the
+function's real name and its arguments as a JSON object, and nothing else. For example:
+{example}"""
 
 _SAMPLE = {"string": "...", "integer": 1, "number": 1, "boolean": True, "array": [], "object": {}}
 
@@ -53,8 +53,9 @@ def _tool_json(tools: Sequence[ToolSpec]) -> list[dict[str, Any]]:
     ]
 
 
-def _example_call(tool: ToolSpec) -> str:
-    """A call of the first real tool (models copy the example: it must name a real function)."""
+def _example_call(tool: ToolSpec, dialect: str) -> str:
+    """A call of the first real tool in the model's own syntax (models copy the example: it
+    must name a real function)."""
     props = tool.parameters.get("properties")
     args: dict[str, Any] = {}
     if isinstance(props, Mapping):
@@ -66,7 +67,7 @@ def _example_call(tool: ToolSpec) -> str:
             args[name] = (
                 enum[0] if enum else _SAMPLE.get(kind if isinstance(kind, str) else "", "...")
             )
-    return json.dumps({"name": tool.name, "arguments": args}, ensure_ascii=False)
+    return write_call(dialect, tool.name, args)
 
 
 def _short_id(call_id: str) -> str:
@@ -106,12 +107,14 @@ def _message_dict(msg: ChatMessage, short_ids: bool) -> dict[str, Any]:
 
 
 def _with_tool_prompt(
-    messages: list[dict[str, Any]], tools: Sequence[ToolSpec]
+    messages: list[dict[str, Any]], tools: Sequence[ToolSpec], dialect: str
 ) -> list[dict[str, Any]]:
-    """Templates that know nothing of tools get them described in the system message."""
+    """Templates that know nothing of tools get them described in the system message, with
+    an example in the syntax the model's family writes calls in (DeepSeek's templates have
+    call tokens but no tool list; models without a template are taught Hermes)."""
     prompt = TOOL_PROMPT.format(
         tools="\n".join(json.dumps(t, ensure_ascii=False) for t in _tool_json(tools)),
-        example=_example_call(tools[0]),
+        example=_example_call(tools[0], dialect),
     )
     if messages and messages[0]["role"] == "system":
         return [{**messages[0], "content": messages[0]["content"] + "\n\n" + prompt}, *messages[1:]]
@@ -249,7 +252,7 @@ def render_chat(
     dicts = [_message_dict(m, short_ids) for m in messages]
     native_tools = template is not None and "tools" in template
     if tools and not native_tools:
-        dicts = _with_tool_prompt(dicts, tools)
+        dicts = _with_tool_prompt(dicts, tools, tool_dialect(template, architecture))
     if "tool" not in source:  # the template has no notion of tool results
         dicts = _tool_results_as_user(dicts)
     if "must alternate" in source:
