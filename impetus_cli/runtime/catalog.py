@@ -199,14 +199,21 @@ def split_parts(first: str) -> tuple[str, ...]:
 
 def _options(family: dict[str, Any], size: dict[str, Any]) -> dict[str, _Option]:
     """The GGUF builds of a size by quantization: listed files with the Hub's sizes, or (older
-    entries) files named by the family's pattern with estimated sizes."""
+    entries, and files whose size was not found) sizes estimated from the parameter count."""
+    params = facts(size)["params_b"]
     gguf = size.get("gguf")
     if gguf:
         return {
-            quant: _Option(quant, gguf["repo"], split_parts(f["file"]), int(f["bytes"]), True)
+            quant: _Option(
+                quant,
+                f.get("repo") or gguf["repo"],
+                split_parts(f["file"]),
+                int(f["bytes"]) if f.get("bytes") else estimate_weights(params, _bits(quant)),
+                bool(f.get("bytes")),
+            )
             for quant, f in gguf["files"].items()
         }
-    label, params = size["size"], facts(size)["params_b"]
+    label = size["size"]
     repo = _fill(size.get("gguf_repo") or family["gguf_repo"], label)
     pattern = size.get("gguf_file") or family["gguf_file"]
     return {
@@ -217,13 +224,18 @@ def _options(family: dict[str, Any], size: dict[str, Any]) -> dict[str, _Option]
 
 
 def _bits(quant: str) -> float:
-    return BITS_PER_WEIGHT.get(quant.removeprefix("UD-"), 4.85)
+    """Bits per weight of a quantization (unsloth's dynamic "UD-" builds as their base type)."""
+    base = quant.removeprefix("UD-")
+    return BITS_PER_WEIGHT.get(base, BITS_PER_WEIGHT.get(base.replace("_XL", "_M"), 4.85))
 
 
 def _candidates(options: dict[str, _Option]) -> list[str]:
-    """Quantizations in the order to try: the preferred ones, then the rest, best first."""
+    """Quantizations in the order to try: the preferred ones, then smaller ones, best first (and
+    when none is preferred, every listed one)."""
+    preferred = [q for q in PREFERENCE if q in options]
     rest = sorted((q for q in options if q not in PREFERENCE), key=_bits, reverse=True)
-    return [q for q in PREFERENCE if q in options] + [q for q in rest if _bits(q) < 4.85]
+    q4 = BITS_PER_WEIGHT["Q4_K_M"]
+    return preferred + [q for q in rest if _bits(q) <= q4 or not preferred]
 
 
 def _speed(info: ModelInfo, hw: HardwareProfile | None) -> float | None:
