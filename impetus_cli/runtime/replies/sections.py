@@ -22,6 +22,7 @@ class SectionParser(DialectParser):
 
     state = "text"
     scanner: JsonScanner | None = None
+    pending = ""  # marker text consumed since the last call, given back if no call follows
 
     def name_of(self, head: str) -> str:
         return head.strip()
@@ -32,6 +33,7 @@ class SectionParser(DialectParser):
             if not marker:
                 return False
             self.state = "section" if marker == self.section_begin else "head"
+            self.pending = marker
         if self.state == "section":
             return self._section(acc)
         if self.state == "head":
@@ -44,18 +46,25 @@ class SectionParser(DialectParser):
         s = self.buf.lstrip()
         for marker, nxt in ((self.call_begin, "head"), (self.section_end, "text")):
             if s.startswith(marker):
+                self.pending += self.buf[: len(self.buf) - len(s) + len(marker)]
                 self.buf, self.state = s[len(marker) :], nxt
+                if nxt == "text":
+                    self.pending = ""
                 return True
         if could_start(self.buf, (self.call_begin, self.section_end)):
             return False
-        self.state = "text"  # not the expected token: the rest is text
+        self._give_back(acc)  # not the expected token: the rest is text
         return True
+
+    def _give_back(self, acc: Acc) -> None:
+        acc.content.append(self.pending)
+        self.pending, self.state = "", "text"
 
     def _head(self, acc: Acc) -> bool:
         i = self.buf.find(self.call_sep)
         if i < 0:
             if len(self.buf) > HEAD_LIMIT:
-                self.state = "text"
+                self._give_back(acc)
                 return True
             return False
         head, rest = self.buf[:i], self.buf[i + len(self.call_sep) :]
@@ -64,6 +73,7 @@ class SectionParser(DialectParser):
             return False
         self._begin(acc, name)
         self.buf, self.state, self.scanner = rest, "args", JsonScanner()
+        self.pending = ""
         return True
 
     def split_head(self, head: str, rest: str) -> tuple[str | None, str]:
@@ -95,6 +105,8 @@ class SectionParser(DialectParser):
     def _end(self, acc: Acc, finish_reason: str) -> None:
         if self.state == "head" and finish_reason == "length":
             self.cut_call = True
+        elif self.state in ("section", "head") and (self.pending or self.buf.strip()):
+            acc.content.append(self.pending + self.buf)
         if self.state in ("section", "head", "tail"):
-            self.buf, self.state = "", "text"
+            self.buf, self.state, self.pending = "", "text", ""
         super()._end(acc, finish_reason)
