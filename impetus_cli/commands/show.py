@@ -1,4 +1,5 @@
-"""`impetus show NAME`: facts read from the model file, and what it needs on this machine."""
+"""`impetus show NAME`: facts read from the model file, and what it needs on this machine; for a
+catalog name not pulled yet, the plan the catalog's facts give (as `pull --dry-run`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import typer
 
 from impetus_cli.commands._options import JsonOpt
 from impetus_cli.commands._ui import console, human_bytes, print_json
-from impetus_cli.errors import ImpetusError
+from impetus_cli.errors import ImpetusError, InvalidModelName, ModelNotFound
 
 
 def register(app: typer.Typer) -> None:
@@ -36,7 +37,15 @@ def show(
     from impetus_cli.runtime.manager import ModelManager
 
     manager = ModelManager(load_settings())
-    model = manager.resolve(name)
+    try:
+        model = manager.resolve(name)
+    except ModelNotFound:
+        if not _is_catalog_name(name):
+            raise
+        from impetus_cli.commands._plan import build_plan, render_plan
+
+        render_plan(build_plan(name), as_json, "not pulled yet: `impetus pull` downloads it")
+        return
     info = manager.info(model)
     plan = manager.plan(name)
     if as_json:
@@ -81,3 +90,13 @@ def show(
     for key, value in rows:
         table.add_row(f"[bold]{key}[/]", value)
     console().print(table)
+
+
+def _is_catalog_name(name: str) -> bool:
+    from impetus_cli.runtime import catalog
+    from impetus_cli.runtime.names import parse_ref
+
+    try:
+        return catalog.knows(parse_ref(name))
+    except InvalidModelName:
+        return False
