@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -142,3 +143,111 @@ def test_a_plain_safetensors_directory_counts_its_parameters(tmp_path: Path) -> 
 def test_a_missing_path_says_so(tmp_path: Path) -> None:
     with pytest.raises(UnsupportedFormat, match="does not exist"):
         detect_format(tmp_path / "nothing.gguf")
+
+
+def _header_gguf(
+    path: Path, arch: str, keys: dict[str, Any], tensors: dict[str, list[int]]
+) -> Path:
+    """A GGUF file written by the gguf package with these ``<arch>.*`` keys and f32 tensors of
+    these shapes (GGUF order: the fastest-varying dimension first, experts last)."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), arch)
+    for key, value in keys.items():
+        if isinstance(value, list):
+            writer.add_array(f"{arch}.{key}", value)
+        else:
+            writer.add_uint32(f"{arch}.{key}", value)
+    for name, shape in tensors.items():
+        writer.add_tensor(name, np.zeros(list(reversed(shape)), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_a_mixture_of_experts_reads_its_experts_and_active_parameters(tmp_path: Path) -> None:
+    keys = {"block_count": 1, "embedding_length": 8, "attention.head_count": 2,
+            "expert_count": 4, "expert_used_count": 1, "context_length": 4096}  # fmt: skip
+    tensors = {
+        "token_embd.weight": [8, 10],
+        "blk.0.attn_q.weight": [8, 8],
+        "blk.0.ffn_gate_inp.weight": [8, 4],
+        "blk.0.ffn_up_exps.weight": [8, 16, 4],  # 4 experts of 8 x 16
+        "blk.0.ffn_down_exps.weight": [16, 8, 4],
+        "blk.0.ffn_up_shexp.weight": [8, 16],  # a shared expert: always read
+    }
+    info = inspect_model(_header_gguf(tmp_path / "moe.gguf", "qwen3moe", keys, tensors))
+    experts = 2 * 8 * 16 * 4
+    dense = 80 + 64 + 32 + 128
+    assert (info.n_experts, info.n_experts_used) == (4, 1)
+    assert info.n_params == dense + experts
+    assert info.active_params == dense + experts // 4
+    assert (info.recurrent_layers, info.recurrent_state_bytes, info.head_dim_v) == (0, 0, 0)
+
+
+def test_a_hybrid_model_reads_its_recurrent_layers_and_state_size(tmp_path: Path) -> None:
+    """Qwen3-Next style: every 4th layer attends, the others keep a delta-rule state whose size
+    follows llama.cpp's: conv (d_conv - 1) x (d_inner + 2 groups x d_state), state d_state x d_inner."""
+    keys = {"block_count": 8, "embedding_length": 16, "attention.head_count": 2,
+            "attention.head_count_kv": 1, "attention.key_length": 32, "context_length": 8192,
+            "full_attention_interval": 4, "ssm.conv_kernel": 4, "ssm.inner_size": 64,
+            "ssm.state_size": 16, "ssm.group_count": 2}  # fmt: skip
+    info = inspect_model(
+        _header_gguf(tmp_path / "next.gguf", "qwen3next", keys, {"output.weight": [16, 4]})
+    )
+    per_layer = 3 * (64 + 2 * 2 * 16) + 16 * 64
+    assert info.recurrent_layers == 6 and info.recurrent_state_bytes == 6 * per_layer * 4
+    assert info.head_dim == 32
+
+
+def test_per_layer_kv_heads_mark_the_recurrent_layers_of_a_mamba_hybrid(tmp_path: Path) -> None:
+    keys = {"block_count": 4, "embedding_length": 16, "attention.head_count": 2,
+            "attention.head_count_kv": [0, 2, 0, 0], "ssm.conv_kernel": 4,
+            "ssm.inner_size": 32, "ssm.state_size": 8}  # fmt: skip
+    info = inspect_model(
+        _header_gguf(tmp_path / "hybrid.gguf", "granitehybrid", keys, {"output.weight": [16, 4]})
+    )
+    assert info.n_kv_heads == 2 and info.recurrent_layers == 3
+    assert info.recurrent_state_bytes == 3 * (3 * 32 + 8 * 32) * 4
+
+
+def test_latent_attention_keeps_its_value_head_size(tmp_path: Path) -> None:
+    """DeepSeek V3 / Kimi K2 as llama.cpp caches them: one 576-wide K head, a 512-wide V head."""
+    keys = {"block_count": 2, "embedding_length": 16, "attention.head_count": 4,
+            "attention.head_count_kv": 1, "attention.key_length": 576,
+            "attention.value_length": 512}  # fmt: skip
+    info = inspect_model(
+        _header_gguf(tmp_path / "mla.gguf", "deepseek2", keys, {"output.weight": [16, 4]})
+    )
+    assert (info.head_dim, info.head_dim_v, info.n_kv_heads) == (576, 512, 1)
+
+
+def test_an_mlx_mixture_of_experts_counts_its_active_parameters(tmp_path: Path) -> None:
+    config = {"model_type": "qwen3_moe", "num_hidden_layers": 1, "num_attention_heads": 2,
+              "hidden_size": 8, "num_experts": 4, "num_experts_per_tok": 2}  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    _safetensors(
+        tmp_path / "model.safetensors",
+        {
+            "model.embed_tokens.weight": ("F16", [10, 8]),
+            "model.layers.0.mlp.switch_mlp.up_proj.weight": ("F16", [4, 16, 8]),
+        },
+    )
+    info = inspect_model(tmp_path)
+    assert (info.n_experts, info.n_experts_used) == (4, 2)
+    assert info.n_params == 80 + 512 and info.active_params == 80 + 256
+
+
+def test_an_mlx_linear_attention_model_reads_its_state_size(tmp_path: Path) -> None:
+    config = {"model_type": "qwen3_next", "num_hidden_layers": 4, "num_attention_heads": 2,
+              "hidden_size": 8, "layer_types": ["linear_attention"] * 3 + ["full_attention"],
+              "linear_conv_kernel_dim": 4, "linear_key_head_dim": 8, "linear_value_head_dim": 8,
+              "linear_num_key_heads": 1, "linear_num_value_heads": 2}  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    _safetensors(tmp_path / "model.safetensors", {"model.embed_tokens.weight": ("F16", [10, 8])})
+    info = inspect_model(tmp_path)
+    per_layer = 3 * (2 * 1 * 8 + 2 * 8) + 2 * 8 * 8
+    assert info.recurrent_layers == 3 and info.recurrent_state_bytes == 3 * per_layer * 4

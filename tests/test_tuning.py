@@ -138,3 +138,57 @@ def test_the_prompt_cache_directory_is_planned_only_when_asked(tmp_path: Path) -
     assert plan(QWEN_7B, linux(), Settings(home=tmp_path)).prompt_cache_dir is None
     settings = load_settings({}, env={"IMPETUS_HOME": str(tmp_path), "IMPETUS_PROMPT_CACHE": "1"})
     assert plan(QWEN_7B, linux(), settings).prompt_cache_dir == tmp_path / "prompt-cache"
+
+
+# Qwen3-Next-80B-A3B's shape (see the catalog): 12 of 48 layers attend, 36 keep a delta-rule state.
+HYBRID = replace(
+    QWEN_7B,
+    path=Path("qwen3-next-80b-a3b-q4_k_m.gguf"),
+    architecture="qwen3next",
+    n_layers=48,
+    n_heads=16,
+    n_kv_heads=2,
+    head_dim=256,
+    embedding_length=2048,
+    context_length=262144,
+    file_bytes=48_400_000_000,
+    n_params=80_000_000_000,
+    active_params=3_000_000_000,
+    n_experts=512,
+    n_experts_used=10,
+    recurrent_layers=36,
+    recurrent_state_bytes=36 * (3 * (2 * 16 * 128 + 32 * 128) + 32 * 128 * 128) * 4,
+)
+
+
+def test_a_hybrid_model_holds_kv_in_its_attention_layers_and_a_fixed_state() -> None:
+    short = plan(HYBRID, mac("m3-ultra"), Settings(ctx=8192, parallel=2))
+    long = plan(HYBRID, mac("m3-ultra"), Settings(ctx=65536, parallel=2))
+    per_token = 12 * 2 * 2 * 256 * 2  # attention layers only
+    for p in (short, long):
+        assert p.state_bytes == 2 * HYBRID.recurrent_state_bytes
+        assert p.kv_bytes == per_token * p.n_ctx * 2 + p.state_bytes
+        # A state cannot be rolled back in place: a snapshot of one sequence and a state
+        # checkpoint per sequence.
+        one = plan(HYBRID, mac("m3-ultra"), Settings(ctx=p.n_ctx, parallel=1))
+        assert p.snapshot_bytes == one.kv_bytes + 2 * HYBRID.recurrent_state_bytes
+        assert any("recurrent state" in note for note in p.notes)
+    assert long.state_bytes == short.state_bytes  # the state does not grow with the context
+    assert plan(replace(HYBRID, format="mlx"), mac("m3-ultra")).snapshot_bytes == 0
+
+
+def test_latent_attention_counts_its_k_and_v_head_sizes() -> None:
+    mla = replace(QWEN_7B, n_layers=61, n_kv_heads=1, head_dim=576, head_dim_v=512)
+    p = plan(mla, mac("m3-ultra"), Settings(ctx=8192, parallel=1))
+    assert p.kv_bytes == 61 * (576 + 512) * 2 * 8192
+
+
+def test_a_mixture_of_experts_is_expected_to_decode_from_its_active_share() -> None:
+    from impetus_cli.runtime.hardware import expected_speeds
+
+    hw = mac("m3-max")
+    dense = expected_speeds(hw, HYBRID.file_bytes, 0, HYBRID.n_params)
+    moe = expected_speeds(hw, HYBRID.file_bytes, 0, HYBRID.n_params, None, HYBRID.active_params)
+    read = HYBRID.file_bytes * 3 / 80
+    assert moe["tg"] == pytest.approx(1 / (read / (0.85 * 400e9) + 0.005))
+    assert moe["tg"] > 10 * dense["tg"] and moe["pp"] > 20 * dense["pp"]
