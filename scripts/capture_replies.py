@@ -96,7 +96,7 @@ def offered_tools(body: Json) -> dict[str, Json]:
     for tool in body.get("tools") or []:
         if not isinstance(tool, dict):
             continue
-        spec = tool.get("function") if isinstance(tool.get("function"), dict) else tool
+        spec: Json = tool["function"] if isinstance(tool.get("function"), dict) else tool
         name = spec.get("name")
         schema = spec.get("input_schema") or spec.get("parameters") or {}
         if isinstance(name, str):
