@@ -18,13 +18,13 @@ from __future__ import annotations
 import difflib
 import functools
 import json
-import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from impetus_cli.errors import InsufficientMemory, InvalidModelName, ModelNotFound
+from impetus_cli.runtime import quant as quantization
 from impetus_cli.runtime.hardware import expected_speeds
 from impetus_cli.runtime.inspect import config_recurrent
 from impetus_cli.runtime.tuning import kv_bytes as plan_kv_bytes
@@ -185,18 +185,6 @@ def estimate_weights(params_b: float, bits: float) -> int:
     return int(params_b * 1e9 * bits / 8)
 
 
-_PART = re.compile(r"-00001-of-(\d{5})\.gguf$")
-
-
-def split_parts(first: str) -> tuple[str, ...]:
-    """Every part of a split GGUF named by its first part (``x-00001-of-00003.gguf``)."""
-    match = _PART.search(first)
-    if not match:
-        return (first,)
-    n, stem = int(match[1]), first[: match.start()]
-    return tuple(f"{stem}-{i:05d}-of-{n:05d}.gguf" for i in range(1, n + 1))
-
-
 def _options(family: dict[str, Any], size: dict[str, Any]) -> dict[str, _Option]:
     """The GGUF builds of a size by quantization: listed files with the Hub's sizes, or (older
     entries, and files whose size was not found) sizes estimated from the parameter count."""
@@ -207,7 +195,7 @@ def _options(family: dict[str, Any], size: dict[str, Any]) -> dict[str, _Option]
             quant: _Option(
                 quant,
                 f.get("repo") or gguf["repo"],
-                split_parts(f["file"]),
+                tuple(quantization.split_set(f["file"])),
                 int(f["bytes"]) if f.get("bytes") else estimate_weights(params, _bits(quant)),
                 bool(f.get("bytes")),
             )
@@ -396,19 +384,15 @@ def is_builtin(ref: ModelRef) -> bool:
     )
 
 
-_GGUF_QUANT = re.compile(r"(?i)(i?q\d_[a-z0-9_]+?|q\d_\d|f16|bf16|f32)(?=[.\-]|$)")
-
-
-def quant_of(filename: str) -> str | None:
-    match = _GGUF_QUANT.search(filename.rsplit("/", 1)[-1].removesuffix(".gguf"))
-    return match.group(1).upper() if match else None
-
-
 def choose_gguf_file(
     files: dict[str, int], budget_bytes: int, kv: int, ctx: int
 ) -> tuple[str, str]:
     """For `hf:org/repo` without a quantization: pick among the repo's GGUF files by size."""
-    by_quant = {quant_of(f): f for f in sorted(files) if quant_of(f) and "mmproj" not in f}
+    by_quant = {
+        quantization.from_filename(f): f
+        for f in sorted(files)
+        if quantization.from_filename(f) and "mmproj" not in f
+    }
     candidates = [q for q in PREFERENCE if q in by_quant] or [q for q in by_quant if q]
     for q in candidates:
         size = files[by_quant[q]]
