@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -123,3 +124,92 @@ def test_the_readme_describes_every_recorded_client() -> None:
     readme = (CLIENTS_DIR / "README.md").read_text()
     for client in CLIENTS:
         assert f"`{client}`" in readme, client
+
+
+# --- the capture server that made them -----------------------------------------------------
+
+SECRET = "sk-test-capture-secret-0123456789"
+
+
+@pytest.fixture
+async def capture_url(tmp_path: Path) -> AsyncIterator[str]:
+    from aiohttp.test_utils import TestServer
+
+    from scripts.capture_server import Options, make_app
+
+    options = Options(out=tmp_path / "captures", models=("tiny",), tool_call=True)
+    server = TestServer(make_app(options), host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield str(server.make_url("")).rstrip("/")
+    finally:
+        await server.close()
+
+
+async def test_capture_server_answers_a_responses_stream_with_a_tool_call_and_redacts(
+    capture_url: str, tmp_path: Path
+) -> None:
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=capture_url + "/v1", api_key=SECRET, max_retries=0)
+    schema = {"type": "object", "properties": {"cmd": {"type": "string"}}, "required": ["cmd"]}
+    tool = {"type": "function", "name": "exec_command", "parameters": schema}
+    async with client.responses.stream(model="tiny", input="list", tools=[tool]) as stream:
+        final = await stream.get_final_response()
+    call = final.output[0]
+    assert call.type == "function_call" and call.name == "exec_command"
+    assert json.loads(call.arguments) == {"cmd": "ls -a"}
+    recorded = tmp_path / "captures" / "01-POST-v1-responses.json"
+    text = recorded.read_text()
+    assert SECRET not in text
+    assert json.loads(text)["headers"]["Authorization"] == f"Bearer {REDACTED}"
+
+
+async def test_capture_server_streams_anthropic_events_in_order_and_answers_text_after_a_result(
+    capture_url: str,
+) -> None:
+    import aiohttp
+
+    tool = {"name": "Bash", "input_schema": {"type": "object", "properties": {}}}
+    history = [
+        {"role": "user", "content": "go"},
+        {
+            "role": "assistant",
+            "content": [{"type": "tool_use", "id": "t1", "name": "Bash", "input": {}}],
+        },
+        {
+            "role": "user",
+            "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "ok"}],
+        },
+    ]
+    body = {"model": "tiny", "max_tokens": 5, "stream": True, "tools": [tool], "messages": history}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(capture_url + "/v1/messages?beta=true", json=body) as response,
+    ):
+        text = await response.text()
+    events = [line[7:] for line in text.splitlines() if line.startswith("event: ")]
+    assert events == [
+        "message_start",
+        "content_block_start",
+        "ping",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
+    assert '"text_delta"' in text and '"stop_reason": "end_turn"' in text
+
+
+async def test_capture_server_streams_ollama_chat_as_ndjson(capture_url: str) -> None:
+    import aiohttp
+
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(capture_url + "/api/chat", json=body) as response:
+            lines = [json.loads(line) for line in (await response.text()).splitlines()]
+        async with session.get(capture_url + "/api/tags") as response:
+            tags = await response.json()
+    assert [line["done"] for line in lines] == [False, True]
+    assert lines[0]["message"]["content"] and lines[-1]["done_reason"] == "stop"
+    assert [m["name"] for m in tags["models"]] == ["tiny"]
