@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from impetus_cli.runtime.config import load_settings
+from impetus_cli.runtime.discovery import Skipped
 from impetus_cli.services.doctor import Check, Probes, run_checks
 
 
@@ -22,6 +23,7 @@ def healthy(tmp_path: Path) -> Probes:
         writable=lambda path: True,
         free_bytes=lambda path: 100 * 10**9,
         models=lambda settings: ["gemma3:270m"],
+        skipped=lambda settings: [],
         hf_cache=lambda: tmp_path,
     )
 
@@ -47,6 +49,12 @@ def test_a_healthy_machine_passes_every_check(tmp_path: Path) -> None:
         ({"free_bytes": lambda path: 10**9}, "disk", "fail", "space"),
         ({"free_bytes": lambda path: 5 * 10**9}, "disk", "warn", "space"),
         ({"models": lambda s: []}, "models", "fail", "impetus pull"),
+        (
+            {"skipped": lambda s: [Skipped(Path("/x.gguf"), "a broken link", "hf-cache")]},
+            "files",
+            "warn",
+            "broken links",
+        ),
     ],
 )
 def test_each_problem_is_reported_with_a_fix(

@@ -65,3 +65,68 @@ def test_write_continue_creates_a_new_config(tmp_path: Path) -> None:
     config = tmp_path / "new" / "config.yaml"
     assert write_continue(W, config) is None
     assert yaml.safe_load(config.read_text())["models"][0]["model"] == W.model
+
+
+CONTINUE_YAML = """\
+# My Continue setup (kept in my dotfiles)
+name: Mine
+version: 1.0.0
+schema: v1
+models:
+  # the cloud one, for hard tasks
+  - name: Claude
+    provider: anthropic
+    model: claude
+# rules I care about
+rules:
+  - be brief  # really
+"""
+
+
+def test_write_continue_through_a_symlink_keeps_the_link_mode_and_comments(
+    tmp_path: Path,
+) -> None:
+    real = tmp_path / "dotfiles" / "continue.yaml"
+    real.parent.mkdir()
+    real.write_text(CONTINUE_YAML)
+    real.chmod(0o640)
+    config = tmp_path / ".continue" / "config.yaml"
+    config.parent.mkdir()
+    config.symlink_to(real)
+    made = write_continue(W, config)
+    assert config.is_symlink() and config.resolve() == real  # the link stays
+    text = real.read_text()
+    for comment in ("# My Continue setup", "# rules I care about", "# really"):
+        assert comment in text  # comments outside `models:` survive
+    data = yaml.safe_load(text)
+    assert data["models"][0]["name"] == "Claude" and data["rules"] == ["be brief"]
+    assert [m["name"] for m in data["models"][1:]] == [m["name"] for m in continue_models(W)]
+    assert real.stat().st_mode & 0o777 == 0o640
+    assert made is not None and made.read_text() == CONTINUE_YAML
+
+
+def test_write_continue_edits_a_flow_style_list_in_place(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("# flow style\nname: Mine\nmodels: [{name: Claude, model: claude}]\n")
+    write_continue(W, config)
+    data = yaml.safe_load(config.read_text())
+    assert data["name"] == "Mine" and data["models"][0] == {"name": "Claude", "model": "claude"}
+    assert len(data["models"]) == 1 + len(continue_models(W))
+    assert config.read_text().startswith("# flow style")
+
+
+def test_write_continue_rewrites_a_file_whose_models_block_cannot_be_cut_out(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "config.yaml"
+    # `extra` refers to an anchor inside `models:`: editing that block as text would break it
+    config.write_text("models:\n  - &claude {name: Claude, model: claude}\nextra: *claude\n")
+    write_continue(W, config)
+    data = yaml.safe_load(config.read_text())
+    assert data["extra"] == {"name": "Claude", "model": "claude"}
+    assert data["models"][0] == data["extra"] and len(data["models"]) == 4
+
+
+def test_write_cline_creates_secrets_readable_by_the_owner_only(tmp_path: Path) -> None:
+    write_cline(W, tmp_path / "cline")
+    assert (tmp_path / "cline" / "secrets.json").stat().st_mode & 0o777 == 0o600
