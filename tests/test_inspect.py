@@ -251,3 +251,17 @@ def test_an_mlx_linear_attention_model_reads_its_state_size(tmp_path: Path) -> N
     info = inspect_model(tmp_path)
     per_layer = 3 * (2 * 1 * 8 + 2 * 8) + 2 * 8 * 8
     assert info.recurrent_layers == 3 and info.recurrent_state_bytes == 3 * per_layer * 4
+
+
+def test_a_split_gguf_is_one_model_and_a_missing_part_is_named(tmp_path: Path) -> None:
+    (tmp_path / "split").mkdir()
+    first = write_tiny_gguf(tmp_path / "split" / "tiny.gguf", split_max_tensors=5)
+    whole = inspect_model(write_tiny_gguf(tmp_path / "tiny.gguf"))
+    info = inspect_model(first)
+    parts = sorted(first.parent.iterdir())
+    assert first.name == "tiny-00001-of-00005.gguf" and len(parts) == 5
+    assert info.n_params == whole.n_params
+    assert info.file_bytes == sum(p.stat().st_size for p in parts)
+    parts[2].unlink()
+    with pytest.raises(CorruptModel, match=r"missing: tiny-00003-of-00005\.gguf"):
+        inspect_model(first)

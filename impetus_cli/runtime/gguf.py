@@ -8,12 +8,12 @@ those arrays is what `impetus show`, the planner and discovery need.
 from __future__ import annotations
 
 import mmap
-import re
 import struct
 from pathlib import Path
 from typing import Any
 
 from impetus_cli.errors import CorruptModel
+from impetus_cli.runtime import quant
 
 GGUF_MAGIC = b"GGUF"
 # GGUF value types -> struct format of a scalar; 8 = string, 9 = array.
@@ -176,17 +176,14 @@ def _special_strings(buf: Any, tokens_at: int, meta: dict[str, Any]) -> dict[str
 
 
 Tensor = tuple[str, list[int], int]  # (name, shape, ggml type) as the header lists it
-_SHARD = re.compile(r"^(?P<stem>.*)-(?P<i>\d{5})-of-(?P<n>\d{5})\.gguf$")
 
 
 def shard_paths(path: Path, meta: dict[str, Any]) -> list[Path]:
     """All files of a split GGUF (``x-00001-of-00003.gguf``), the first one first; a missing
     part is a CorruptModel naming it."""
-    match = _SHARD.match(path.name)
-    if not match or int(meta.get("split.count", 1)) <= 1:
+    if int(meta.get("split.count", 1)) <= 1 or quant.split_part(path.name) is None:
         return [path]
-    n = int(match["n"])
-    shards = [path.with_name(f"{match['stem']}-{i:05d}-of-{n:05d}.gguf") for i in range(1, n + 1)]
+    shards = [path.with_name(name) for name in quant.split_set(path.name)]
     missing = [p.name for p in shards if not p.exists()]
     if missing:
         raise CorruptModel(
