@@ -10,6 +10,7 @@ import typer
 from impetus_cli.commands._options import JsonOpt
 from impetus_cli.commands._ui import console, human_bytes, print_json
 from impetus_cli.errors import ImpetusError, InvalidModelName, ModelNotFound
+from impetus_cli.runtime.types import ModelInfo
 
 
 def register(app: typer.Typer) -> None:
@@ -67,11 +68,12 @@ def show(
         ("origin", model.origin),
         ("format", info.format),
         ("architecture", info.architecture),
-        ("parameters", f"{info.n_params / 1e9:.2f} B" if info.n_params else "-"),
+        ("parameters", _parameters(info)),
         ("quantization", info.quantization or "-"),
         ("layers", str(info.n_layers)),
         ("heads", f"{info.n_heads} ({info.n_kv_heads} KV, {info.head_dim} wide)"),
         ("trained context", str(info.context_length)),
+        *_layer_kinds(info),
         (
             "chat template",
             "in the file" if info.chat_template else "none: a built-in one for the architecture",
@@ -100,3 +102,30 @@ def _is_catalog_name(name: str) -> bool:
         return catalog.knows(parse_ref(name))
     except InvalidModelName:
         return False
+
+
+def _parameters(info: ModelInfo) -> str:
+    if not info.n_params:
+        return "-"
+    if info.active_params:
+        return (
+            f"{info.n_params / 1e9:.2f} B total, {info.active_params / 1e9:.2f} B active "
+            f"({info.n_experts_used} of {info.n_experts} experts per token)"
+        )
+    return f"{info.n_params / 1e9:.2f} B"
+
+
+def _layer_kinds(info: ModelInfo) -> list[tuple[str, str]]:
+    """Rows for layers that do not hold a full KV cache: sliding-window and recurrent ones."""
+    rows = []
+    if info.swa_layers:
+        rows.append(("sliding window", f"{info.sliding_window} tokens on {info.swa_layers} layers"))
+    if info.recurrent_layers:
+        rows.append(
+            (
+                "recurrent layers",
+                f"{info.recurrent_layers} of {info.n_layers}, "
+                f"{human_bytes(info.recurrent_state_bytes)} of state per sequence",
+            )
+        )
+    return rows
