@@ -265,3 +265,21 @@ def test_a_split_gguf_is_one_model_and_a_missing_part_is_named(tmp_path: Path) -
     parts[2].unlink()
     with pytest.raises(CorruptModel, match=r"missing: tiny-00003-of-00005\.gguf"):
         inspect_model(first)
+
+
+def test_a_per_layer_sliding_window_pattern_counts_the_window_layers(tmp_path: Path) -> None:
+    """Gemma 4 files list which layers slide (five of every six here), not a fixed pattern."""
+    import gguf
+
+    path = tmp_path / "gemma4.gguf"
+    writer = gguf.GGUFWriter(str(path), "gemma4")
+    writer.add_uint32("gemma4.block_count", 12)
+    writer.add_uint32("gemma4.attention.sliding_window", 1024)
+    writer.add_array("gemma4.attention.sliding_window_pattern", ([True] * 5 + [False]) * 2)
+    writer.add_array("gemma4.attention.head_count_kv", ([8] * 5 + [2]) * 2)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    info = inspect_model(path)
+    assert (info.sliding_window, info.swa_layers, info.n_kv_heads) == (1024, 10, 8)

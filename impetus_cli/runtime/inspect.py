@@ -85,6 +85,15 @@ def _swa_layers(arch: str, n_layers: int, window: int, pattern: int | None = Non
     return n_layers - n_layers // every if window > 0 and every > 0 else 0
 
 
+def _gguf_swa_layers(meta: dict[str, Any], arch: str, n_layers: int, window: int) -> int:
+    """Sliding-window layers: counted from a per-layer ``attention.sliding_window_pattern``
+    array when the file has one (Gemma 4), else from the architecture's known pattern."""
+    pattern = meta.get(f"{arch}.attention.sliding_window_pattern")
+    if window > 0 and isinstance(pattern, list):
+        return sum(1 for is_sliding in pattern if is_sliding)
+    return _swa_layers(arch, n_layers, window)
+
+
 def inspect_model(path: Path) -> ModelInfo:
     path = Path(path).expanduser()
     fmt = detect_format(path)
@@ -133,7 +142,7 @@ def _inspect_gguf(path: Path) -> ModelInfo:
         bos_token=meta.get("tokenizer.ggml.bos_token"),
         eos_token=meta.get("tokenizer.ggml.eos_token"),
         sliding_window=window,
-        swa_layers=_swa_layers(arch, n_layers, window),
+        swa_layers=_gguf_swa_layers(meta, arch, n_layers, window),
         base_model=looks_base(
             meta.get("tokenizer.chat_template"),
             path.name,
