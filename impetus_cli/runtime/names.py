@@ -21,7 +21,7 @@ from impetus_cli.errors import InvalidModelName
 from impetus_cli.runtime import quant as quants
 from impetus_cli.runtime.types import LocalModel, ModelRef
 
-SIZE = re.compile(r"^\d+(\.\d+)?[bm]$")
+SIZE = re.compile(r"^\d+(\.\d+)?[bmt]$")
 REPO = re.compile(r"^[\w.-]+/[\w.-]+$")
 HF_PREFIXES = ("hf:", "hf.co/", "huggingface.co/", "https://huggingface.co/")
 
