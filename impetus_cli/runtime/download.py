@@ -46,9 +46,11 @@ class _Choice:
 
 def gguf_sets(sizes: dict[str, int]) -> dict[str, int]:
     """A repo's GGUF models: each whole file, and each split set under its first part, with the
-    total size of its parts (sets with a part missing are left out)."""
+    total size of its parts (sets with a part missing and vision projectors are left out)."""
     models = {}
     for name in sorted(f for f in sizes if f.endswith(".gguf")):
+        if name.rsplit("/", 1)[-1].startswith("mmproj"):
+            continue  # a vision projector is not a model on its own
         parts = quant.split_set(name)
         if parts[0] == name and all(p in sizes for p in parts):
             models[name] = sum(sizes[p] for p in parts)
@@ -150,46 +152,22 @@ def _catalog_choice(ref: ModelRef, budget: int, ctx: int) -> tuple[str, _Choice]
     return target.repo, _Choice(target.name, target.format, files, target.quant, target.reason)
 
 
-def pull(
-    ref_text: str,
-    settings: Settings,
-    progress: ProgressFn | None = None,
-    say: Callable[[str], None] = lambda _: None,
-) -> LocalModel:
-    """Download (or find) a model and register it; returns the registered model."""
-    from impetus_cli.runtime.hardware import detect, memory_budget
+def _already_here(ref: ModelRef, ref_text: str, settings: Settings) -> LocalModel | None:
+    """The built-in model, or a model pulled before under any spelling of a Hub reference."""
     from impetus_cli.runtime.store import Store, builtin_model, find
 
-    ref = parse_ref(ref_text)
-    if ref.kind == "path":
-        raise ImpetusError(
-            f"{ref_text} is a local path: it needs no pull.",
-            f"Serve it directly (impetus chat {ref_text}), or register it: impetus import {ref_text}",
-        )
     if catalog.is_builtin(ref) and (builtin := builtin_model(settings)) is not None:
-        say(f"{builtin.name} is the built-in model: already installed.")
         return builtin
-    store = Store(settings)
-    if ref.kind == "hf":  # any spelling of a model pulled before: no need to ask the Hub
-        here = [m for m in store.manifests() if m.path.exists()]
-        if (present := find(ref_text, here)) is not None:
-            say(f"{present.name} is already here.")
-            return present
-    budget, ctx = memory_budget(detect(), settings), settings.min_ctx
-    choice, repo_id = None, ref.name
-    if ref.kind == "catalog":
-        repo_id, choice = _catalog_choice(ref, budget, ctx)
-        if (present := _present(settings, choice.name)) is not None:
-            say(f"{choice.name} is already here.")
-            return present
-    repo = repo_files(repo_id)
-    if choice is None:
-        choice = _hf_choice(ref, repo, budget, ctx)
-        if (present := _present(settings, choice.name)) is not None:
-            say(f"{choice.name} is already here.")
-            return present
-    say(f"{choice.name}: {choice.reason}")
-    path, size, created = _fetch(choice, repo, progress, say)
+    if ref.kind == "hf":  # no need to ask the Hub
+        return find(ref_text, [m for m in Store(settings).manifests() if m.path.exists()])
+    return None
+
+
+def _manifest(
+    choice: _Choice, repo: RepoFiles, fetched: tuple[Path, int, tuple[Path, ...]]
+) -> LocalModel:
+    """The model a pull registers, owning the files it created (``fetched[2]``)."""
+    path, size, created = fetched
     gguf = choice.fmt == "gguf"
     model = LocalModel(
         name=choice.name,
@@ -205,5 +183,41 @@ def pull(
         created=time.time(),
         owned_files=created,
     )
-    store.add(model)
+    return model
+
+
+def pull(
+    ref_text: str,
+    settings: Settings,
+    progress: ProgressFn | None = None,
+    say: Callable[[str], None] = lambda _: None,
+) -> LocalModel:
+    """Download (or find) a model and register it; returns the registered model."""
+    from impetus_cli.runtime.hardware import detect, memory_budget
+    from impetus_cli.runtime.store import Store
+
+    ref = parse_ref(ref_text)
+    if ref.kind == "path":
+        raise ImpetusError(
+            f"{ref_text} is a local path: it needs no pull.",
+            f"Serve it directly (impetus chat {ref_text}), or register it: impetus import {ref_text}",
+        )
+    if (here := _already_here(ref, ref_text, settings)) is not None:
+        builtin = "the built-in model: " if here.origin == "builtin" else ""
+        say(f"{here.name} is {builtin}already here.")
+        return here
+    budget, ctx = memory_budget(detect(), settings), settings.min_ctx
+    repo: RepoFiles | None = None
+    if ref.kind == "catalog":  # the catalog decides without asking the Hub
+        repo_id, choice = _catalog_choice(ref, budget, ctx)
+    else:
+        repo = repo_files(repo_id := ref.name)
+        choice = _hf_choice(ref, repo, budget, ctx)
+    if (present := _present(settings, choice.name)) is not None:
+        say(f"{choice.name} is already here.")
+        return present
+    repo = repo or repo_files(repo_id)
+    say(f"{choice.name}: {choice.reason}")
+    model = _manifest(choice, repo, _fetch(choice, repo, progress, say))
+    Store(settings).add(model)
     return model
