@@ -97,6 +97,10 @@ def test_hf_mlx_repo_pulls_a_directory(fake_hub: FakeHub) -> None:
     assert model.format == "mlx" and (model.path / "config.json").exists()
     assert not (model.path / "README.md").exists()
     assert json.loads((model.path / "config.json").read_text())["quantization"]["bits"] == 4
+    blobs = model.path.parent.parent / "blobs"
+    assert {p.resolve() for p in model.path.iterdir()} <= set(model.owned_files)
+    Store(load_settings()).remove(model.name)
+    assert not model.path.exists() and list(blobs.iterdir()) == []  # all of it was ours
 
 
 @pytest.mark.parametrize(

@@ -179,3 +179,28 @@ def test_listing_is_walked_once_and_sees_changes(tmp_path: Path, tiny_gguf: Path
     )
     os.utime(settings.manifests_dir, ns=(0, time.time_ns() + 10**9))
     assert "other:1b" in [m.name for m in Store(settings).list()]
+
+
+def test_a_broken_link_never_breaks_the_server(tmp_path: Path, tiny_gguf: Path) -> None:
+    pytest.importorskip("llama_cpp")
+    from openai import OpenAI
+
+    from impetus_cli.runtime.importer import import_model
+    from impetus_cli.runtime.manager import ModelManager
+    from tests.fixtures.servers import server_settings, start_server
+
+    _broken_files(load_settings(), tmp_path / "hf-cache", tiny_gguf)
+    import_model(str(tiny_gguf), load_settings(), name="tiny")
+    settings = server_settings()
+    manager = ModelManager(settings, allow_paths=False)
+    try:
+        with start_server(manager, settings) as url:
+            client = OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
+            ids = [m.id for m in client.models.list().data]
+            assert "tiny" in ids and "hf.co/org/repo:Q8_0" in ids
+            reply = client.chat.completions.create(
+                model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=3
+            )
+            assert reply.choices[0].finish_reason in ("stop", "length")
+    finally:
+        manager.close()
