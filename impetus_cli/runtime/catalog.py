@@ -196,7 +196,9 @@ def _options(family: dict[str, Any], size: dict[str, Any]) -> dict[str, _Option]
                 quant,
                 f.get("repo") or gguf["repo"],
                 tuple(quantization.split_set(f["file"])),
-                int(f["bytes"]) if f.get("bytes") else estimate_weights(params, _bits(quant)),
+                int(f["bytes"])
+                if f.get("bytes")
+                else estimate_weights(params, bits_per_weight(quant)),
                 bool(f.get("bytes")),
             )
             for quant, f in gguf["files"].items()
@@ -211,19 +213,21 @@ def _options(family: dict[str, Any], size: dict[str, Any]) -> dict[str, _Option]
     }
 
 
-def _bits(quant: str) -> float:
+def bits_per_weight(quant: str) -> float:
     """Bits per weight of a quantization (unsloth's dynamic "UD-" builds as their base type)."""
     base = quant.removeprefix("UD-")
     return BITS_PER_WEIGHT.get(base, BITS_PER_WEIGHT.get(base.replace("_XL", "_M"), 4.85))
 
 
 def _candidates(options: dict[str, _Option]) -> list[str]:
-    """Quantizations in the order to try: the preferred ones, then smaller ones, best first (and
-    when none is preferred, every listed one)."""
-    preferred = [q for q in PREFERENCE if q in options]
-    rest = sorted((q for q in options if q not in PREFERENCE), key=_bits, reverse=True)
+    """Quantizations in the order to try: the better-than-Q4_K_M ones of PREFERENCE (which must
+    leave room and speed to spare), then Q4_K_M-class and smaller ones, best first; a larger
+    one (Q8_0, F16) only when nothing else is listed."""
     q4 = BITS_PER_WEIGHT["Q4_K_M"]
-    return preferred + [q for q in rest if _bits(q) <= q4 or not preferred]
+    upgrades = [q for q in PREFERENCE if q in options and bits_per_weight(q) > q4]
+    rest = sorted((q for q in options if q not in upgrades), key=bits_per_weight, reverse=True)
+    smaller = [q for q in rest if bits_per_weight(q) <= q4]
+    return upgrades + smaller if upgrades or smaller else rest
 
 
 def _speed(info: ModelInfo, hw: HardwareProfile | None) -> float | None:
@@ -277,12 +281,12 @@ def choose(options: dict[str, _Option], sizing: _Sizing) -> tuple[_Option, str]:
     """The best build that fits, and a sentence saying why. Above Q4_K_M only with HEADROOM
     times the memory and the decode speed staying above SPEED_FLOOR; below it only when
     nothing better fits."""
-    q4 = PREFERENCE.index("Q4_K_M")
+    q4 = BITS_PER_WEIGHT["Q4_K_M"]
     for quant in _candidates(options):
         option = options[quant]
         info = sizing.info(option)
         total = option.size_bytes + sizing.kv(info)
-        upgrade = quant in PREFERENCE and PREFERENCE.index(quant) < q4
+        upgrade = quant in PREFERENCE and bits_per_weight(quant) > q4
         if total * (HEADROOM if upgrade else 1.0) > sizing.budget:
             continue
         tps = _speed(info, sizing.hw)
