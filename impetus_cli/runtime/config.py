@@ -43,6 +43,8 @@ class Settings:
     ollama_models: Path = field(default_factory=lambda: Path("~/.ollama/models").expanduser())
     lmstudio_models: Path = field(default_factory=lambda: Path("~/.lmstudio/models").expanduser())
     discover: bool = True  # list other tools' models too
+    # llama.cpp RPC workers (`impetus worker`) that GGUF models' layers are split across
+    rpc: tuple[str, ...] = ()  # "host:port" each; runtime/rpc.py
 
     @property
     def manifests_dir(self) -> Path:

@@ -24,6 +24,7 @@ from impetus_cli.runtime.engines.base import relay
 from impetus_cli.runtime.engines.llama_batch import Request, Scheduler
 from impetus_cli.runtime.engines.llama_cache import DiskCache
 from impetus_cli.runtime.engines.llama_native import RECENT_ERRORS, llama_said, load_lib
+from impetus_cli.runtime.engines.llama_rpc import apply_placement
 from impetus_cli.runtime.types import (
     ChatMessage,
     GenerationChunk,
@@ -81,6 +82,7 @@ class LlamaEngine:
             raise CorruptModel(f"{info.path} does not exist.", "Pull the model again.")
         mparams = lib.llama_model_default_params()
         mparams.n_gpu_layers = plan.n_gpu_layers
+        _split = apply_placement(lib, mparams, plan)  # RPC workers' layers (engines/llama_rpc.py)
         RECENT_ERRORS.clear()
         model = lib.llama_model_load_from_file(str(info.path).encode(), mparams)
         if not model:
