@@ -139,6 +139,8 @@ def _parallel(info: ModelInfo, budget: int, ctx: int, settings: Settings) -> tup
 def plan_load(
     model: LocalModel, info: ModelInfo, hw: HardwareProfile, settings: Settings, budget_bytes: int
 ) -> LoadPlan:
+    if settings.rpc and model.format == "gguf":
+        return _split_across_workers(model, info, hw, settings, budget_bytes)
     notes: list[str] = []
     gpu = hw.apple_silicon and not hw.rosetta
     n_gpu_layers = info.n_layers + 1 if gpu else 0
@@ -188,6 +190,23 @@ def plan_load(
         notes=tuple(notes),
         prompt_cache_dir=settings.prompt_cache_dir if settings.prompt_cache else None,
     )
+
+
+def _split_across_workers(
+    model: LocalModel, info: ModelInfo, hw: HardwareProfile, settings: Settings, budget_bytes: int
+) -> LoadPlan:
+    """A GGUF model's layers split across this machine and llama.cpp RPC workers: planned for
+    the memory of all of them (each worker says what it offers: the planner's one network
+    question), then placed by runtime/rpc.py; the plan's bytes count this machine's part."""
+    import dataclasses
+
+    from impetus_cli.runtime import rpc
+
+    devices = rpc.probe_all(rpc.parse_endpoints(settings.rpc))
+    total = budget_bytes + sum(d.free_bytes for d in devices)
+    whole = plan_load(model, info, hw, dataclasses.replace(settings, rpc=()), total)
+    weights = rpc.layer_bytes(info.path, info.n_layers)
+    return rpc.split_plan(whole, info, budget_bytes, devices, weights)
 
 
 def _choose_ctx(

@@ -8,6 +8,11 @@ from impetus_cli.runtime.types import LoadPlan, ModelInfo
 
 def load_engine(plan: LoadPlan, info: ModelInfo) -> Engine:
     """Load ``info``'s model as ``plan`` says, on the backend for its format (imported lazily)."""
+    if info.format == "gguf" and plan.placement:
+        # Split across RPC workers: in a child process (engines/rpc_host.py says why).
+        from impetus_cli.runtime.engines.rpc_host import SplitEngine
+
+        return SplitEngine.load(plan, info)
     if info.format == "gguf":
         from impetus_cli.runtime.engines.llama import LlamaEngine
 

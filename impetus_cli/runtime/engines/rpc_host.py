@@ -1,0 +1,414 @@
+"""A GGUF model split across RPC workers, run in a child process behind the Engine protocol.
+
+Why a process: llama.cpp's RPC client aborts the whole process (GGML_ABORT) when a worker's
+connection breaks, and waits forever on one that stops answering. In a child, that ends only
+the child: the requests it was running fail with ``WorkerUnavailable`` (a 503 with
+Retry-After), the serving process and its other models carry on, and the model is marked down
+(``failure``) until its workers answer again; the next request then loads it again.
+
+The parent talks to the child over a socket pair (``multiprocessing.connection`` framing):
+calls (tokenize, render, embed...) and their replies, and per generation the chunks the
+child's own LlamaEngine produces. ``python -m impetus_cli.runtime.engines.rpc_host FD`` is the
+child.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import importlib
+import itertools
+import logging
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from impetus_cli.errors import ContextLengthExceeded, EngineError, ImpetusError
+from impetus_cli.runtime import rpc
+from impetus_cli.runtime.engines.base import relay
+from impetus_cli.runtime.types import (
+    ChatMessage,
+    GenerationChunk,
+    LoadPlan,
+    ModelInfo,
+    SamplingParams,
+    ToolSpec,
+)
+
+log = logging.getLogger("impetus.rpc")
+SILENT_S = 30.0  # a request with no news for this long: check that its workers still answer
+WATCH_S = 0.05  # how often cancellations are forwarded to the child
+
+
+def pack_error(exc: BaseException) -> tuple[str, str, tuple[Any, ...], dict[str, Any]]:
+    """An exception as plain data: ImpetusError subclasses have keyword-only arguments that
+    pickle's default reconstruction loses."""
+    kind = type(exc)
+    state = {k: v for k, v in vars(exc).items() if isinstance(v, str | int | float | None)}
+    return kind.__module__, kind.__qualname__, tuple(str(a) for a in exc.args), state
+
+
+def unpack_error(packed: tuple[str, str, tuple[Any, ...], dict[str, Any]]) -> BaseException:
+    module, name, args, state = packed
+    try:
+        kind = getattr(importlib.import_module(module), name)
+        exc = kind.__new__(kind)
+        BaseException.__init__(exc, *args)
+        vars(exc).update(state)
+        return exc  # type: ignore[no-any-return]
+    except (ImportError, AttributeError, TypeError):
+        return EngineError(f"{name}: {' '.join(args)}")
+
+
+class _Child:
+    """The child process and the one connection to it: calls, streams, and its death."""
+
+    def __init__(
+        self, process: subprocess.Popen[bytes], conn: Connection, endpoints: Sequence[str]
+    ):
+        self.process, self.conn, self.endpoints = process, conn, tuple(endpoints)
+        self.failure: str | None = None
+        self.last_heard = time.monotonic()
+        self._send_lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, queue.SimpleQueue[Any]] = {}
+        self._cancels: dict[int, threading.Event] = {}
+        self._stderr: collections.deque[str] = collections.deque(maxlen=12)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def spawn(cls, plan: LoadPlan, info: ModelInfo) -> tuple[_Child, dict[str, Any]]:
+        parent, child = socket.socketpair()
+        env = {
+            **os.environ,
+            "PYTHONPATH": _package_root() + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        }
+        process = subprocess.Popen(
+            [sys.executable, "-m", __name__, str(child.fileno())],
+            pass_fds=[child.fileno()],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        child.close()
+        host = cls(process, Connection(parent.detach()), plan.rpc_workers)
+        threading.Thread(target=host._read_stderr, name="impetus-rpc-stderr", daemon=True).start()
+        host.conn.send(("load", plan, info))
+        try:
+            kind, payload = host.conn.recv()
+        except (EOFError, OSError):
+            process.wait()
+            raise host._died("while loading") from None
+        if kind != "ready":
+            process.wait()
+            raise unpack_error(payload)
+        for target in (host._read, host._watch):
+            threading.Thread(target=target, name="impetus-rpc-host", daemon=True).start()
+        return host, payload
+
+    def _read_stderr(self) -> None:
+        assert self.process.stderr is not None
+        for raw in self.process.stderr:
+            line = raw.decode("utf-8", "replace").rstrip()
+            if line:
+                self._stderr.append(line)
+                if os.environ.get("IMPETUS_DEBUG") == "1":
+                    print(line, file=sys.stderr)
+
+    def _died(self, when: str) -> rpc.WorkerUnavailable:
+        said = "; ".join(line for line in self._stderr if "abort" not in line.lower()) or None
+        code = self.process.poll()
+        self.failure = f"the process holding the model's split ended {when} (exit {code})" + (
+            f"; llama.cpp said: {said}" if said else ""
+        )
+        return rpc.WorkerUnavailable(
+            f"An RPC worker ({', '.join(self.endpoints)}) went away: {self.failure}.",
+            "Restart the worker (`impetus worker`); the model loads again on the next request.",
+        )
+
+    # -- the reader, the watcher -------------------------------------------------------------
+
+    def _read(self) -> None:
+        try:
+            while True:
+                message = self.conn.recv()
+                self.last_heard = time.monotonic()
+                self._deliver(message)
+        except (EOFError, OSError):
+            pass
+        self.process.wait()
+        error = self._died("while serving")
+        log.warning("%s", error.message)
+        with self._lock:
+            waiting = list(self._waiting.values())
+            self._waiting.clear()
+        for q in waiting:
+            q.put(error)
+
+    def _deliver(self, message: tuple[Any, ...]) -> None:
+        kind, key, payload = message
+        with self._lock:
+            q = self._waiting.get(key)
+            if kind in ("reply", "raise") or (kind == "chunk" and payload.finish_reason):
+                self._waiting.pop(key, None)
+                self._cancels.pop(key, None)
+        if q is None:
+            return
+        if kind == "raise":
+            q.put(unpack_error(payload))
+        else:
+            q.put(payload)
+
+    def _watch(self) -> None:
+        """Forward cancellations within WATCH_S; when requests hear nothing for SILENT_S, check
+        that the workers still accept connections, and end the child if one does not (a
+        machine that crashed or left the network leaves llama.cpp waiting forever)."""
+        forwarded: set[int] = set()
+        while self.process.poll() is None:
+            time.sleep(WATCH_S)
+            with self._lock:
+                cancels = list(self._cancels.items())
+            for key, event in cancels:
+                if event.is_set() and key not in forwarded:
+                    forwarded.add(key)
+                    self._send(("cancel", key, None))
+            if cancels and time.monotonic() - self.last_heard > SILENT_S:
+                self.last_heard = time.monotonic()
+                if not all(_accepts(e) for e in self.endpoints):
+                    self.process.kill()
+
+    # -- calls and streams --------------------------------------------------------------------
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        # A send to a dead child fails quietly: the reader sees the end and fails the waiters.
+        with self._send_lock, contextlib.suppress(OSError):
+            self.conn.send(message)
+
+    def _open(self, cancel: threading.Event | None = None) -> tuple[int, queue.SimpleQueue[Any]]:
+        if self.failure is not None:
+            raise rpc.WorkerUnavailable(f"The model's RPC split is down: {self.failure}.")
+        key, q = next(self._ids), queue.SimpleQueue[Any]()
+        with self._lock:
+            self._waiting[key] = q
+            if cancel is not None:
+                self._cancels[key] = cancel
+        return key, q
+
+    def call(self, method: str, *args: Any) -> Any:
+        key, q = self._open()
+        self._send(("call", key, (method, args)))
+        answer = q.get()
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    def stream(
+        self, tokens: Sequence[int], sampling: SamplingParams, cancel: threading.Event
+    ) -> Iterator[GenerationChunk]:
+        key, q = self._open(cancel)
+        self._send(("generate", key, (list(tokens), sampling)))
+
+        def abandon() -> None:
+            with self._lock:
+                still_running = self._waiting.pop(key, None) is not None
+                self._cancels.pop(key, None)
+            if still_running:
+                self._send(("cancel", key, None))
+
+        yield from relay(q, cancel, abandon)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self._send(("close", 0, None))
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.conn.close()
+
+
+def _package_root() -> str:
+    return str(Path(__file__).resolve().parents[3])
+
+
+def _accepts(endpoint: str) -> bool:
+    host, port = rpc.split_endpoint(endpoint)
+    try:
+        socket.create_connection((host, port), timeout=3.0).close()
+        return True
+    except OSError:
+        return False
+
+
+class SplitEngine:
+    """Engine protocol on a GGUF model whose layers are split across RPC workers
+    (``plan.placement``), loaded and run in a child process (see the module's docstring)."""
+
+    def __init__(self, plan: LoadPlan, info: ModelInfo):
+        self.plan, self.info = plan, info
+        self._child: _Child | None = None
+        self._meta: dict[str, Any] = {}
+        self._load_lock = threading.Lock()
+
+    @classmethod
+    def load(cls, plan: LoadPlan, info: ModelInfo) -> SplitEngine:
+        engine = cls(plan, info)
+        engine._ensure()
+        return engine
+
+    def _ensure(self) -> _Child:
+        """The running child; after one died, a new one once the workers answer again."""
+        with self._load_lock:
+            child = self._child
+            if child is not None and child.failure is None:
+                return child
+            rpc.probe_all(self.plan.rpc_workers)  # llama.cpp aborts on a worker it cannot reach
+            if child is not None:
+                log.info("%s: the RPC workers answer again; loading it again", self.info.path.name)
+                child.close()
+            self._child, self._meta = _Child.spawn(self.plan, self.info)
+            return self._child
+
+    @property
+    def failure(self) -> str | None:
+        """Why the model is down (a worker went away), until it loads again; else None."""
+        return None if self._child is None else self._child.failure
+
+    @property
+    def n_ctx(self) -> int:
+        return int(self._meta["n_ctx"])
+
+    @property
+    def memory_bytes(self) -> int:
+        """This machine's part, as planned: the workers hold the rest."""
+        return self.plan.total_bytes
+
+    @property
+    def special_tokens(self) -> dict[str, int]:
+        return dict(self._meta["special_tokens"])
+
+    def token_text(self, token: int) -> str:
+        return str(self._ensure().call("token_text", token))
+
+    def token_bytes(self, token: int) -> bytes:
+        return bytes(self._ensure().call("token_bytes", token))
+
+    def tokenize(self, text: str, *, special: bool = True) -> list[int]:
+        return list(self._ensure().call("tokenize", text, special))
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return str(self._ensure().call("detokenize", list(tokens)))
+
+    def render(self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec] = ()) -> str:
+        return str(self._ensure().call("render", tuple(messages), tuple(tools)))
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        return list(self._ensure().call("embed", list(texts)))
+
+    def generate(
+        self,
+        tokens: Sequence[int],
+        sampling: SamplingParams,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[GenerationChunk]:
+        """The checks run now, as LlamaEngine's do; the stream starts when first read."""
+        child = self._ensure()
+        if not tokens:
+            raise ImpetusError("The prompt is empty.", param="messages")
+        if len(tokens) > self.n_ctx:
+            raise ContextLengthExceeded(self.n_ctx, len(tokens))
+        return child.stream(tokens, sampling, cancel or threading.Event())
+
+    def close(self) -> None:
+        with self._load_lock:
+            if self._child is not None:
+                self._child.close()
+                self._child = None
+
+
+# -- the child ----------------------------------------------------------------------------------
+
+
+def _serve(conn: Connection) -> None:
+    from impetus_cli.runtime.engines.llama import LlamaEngine
+
+    _kind, plan, info = conn.recv()
+    try:
+        engine = LlamaEngine.load(plan, info)
+    except BaseException as exc:
+        conn.send(("failed", pack_error(exc)))
+        return
+    meta = {"n_ctx": engine.n_ctx, "special_tokens": engine.special_tokens}
+    conn.send(("ready", meta))
+    lock, cancels = threading.Lock(), dict[int, threading.Event]()
+
+    def send(message: tuple[Any, ...]) -> None:
+        with lock:
+            conn.send(message)
+
+    while True:
+        kind, key, payload = conn.recv()
+        if kind == "close":
+            engine.close()
+            return
+        if kind == "cancel":
+            cancels.get(key, threading.Event()).set()
+            continue
+        cancel = cancels.setdefault(key, threading.Event())
+        work = _generate if kind == "generate" else _call
+        args = (engine, key, payload, cancel, send, cancels)
+        threading.Thread(target=work, args=args, daemon=True).start()
+
+
+def _call(engine: Any, key: int, payload: Any, _cancel: Any, send: Any, cancels: Any) -> None:
+    cancels.pop(key, None)
+    method, args = payload
+    try:
+        if method == "tokenize":
+            result = engine.tokenize(args[0], special=args[1])
+        else:
+            result = getattr(engine, method)(*args)
+        send(("reply", key, result))
+    except BaseException as exc:
+        send(("raise", key, pack_error(exc)))
+
+
+def _generate(
+    engine: Any, key: int, payload: Any, cancel: threading.Event, send: Any, cancels: Any
+) -> None:
+    tokens, sampling = payload
+    try:
+        for chunk in engine.generate(tokens, sampling, cancel):
+            send(("chunk", key, chunk))
+    except BaseException as exc:
+        send(("raise", key, pack_error(exc)))
+    finally:
+        cancels.pop(key, None)
+
+
+def main(argv: Sequence[str]) -> None:
+    # Ctrl-C in the terminal reaches the whole process group: the parent decides when to stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    conn = Connection(int(argv[1]))
+    try:
+        _serve(conn)
+    except (EOFError, OSError):
+        pass  # the parent is gone
+    finally:
+        sys.stdout.flush()
+        os._exit(0)  # llama.cpp's RPC threads must not run C++ destructors under us
+
+
+if __name__ == "__main__":
+    main(sys.argv)
