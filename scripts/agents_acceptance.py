@@ -27,9 +27,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 PROMPT = "Create a file named hello.txt containing the word hello, then say done in one sentence."
@@ -305,6 +306,16 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], deadline: float) -> No
     raise SystemExit(f"impetus serve did not answer {url}/health in time")
 
 
+def check_reachable(url: str) -> None:
+    """Stop at once when nothing answers at `url` (any HTTP status will do)."""
+    try:
+        urllib.request.urlopen(url.rstrip("/") + "/health", timeout=10).close()
+    except urllib.error.HTTPError:
+        return
+    except OSError as error:
+        raise SystemExit(f"nothing answers at {url}: {error}") from error
+
+
 def start_impetus(model: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     """`impetus serve MODEL` on a free loopback port, its output in `log`."""
     exe = Path(sys.executable).with_name("impetus")
@@ -344,6 +355,30 @@ def render(outcomes: list[Outcome], markdown: bool) -> str:
     )
 
 
+def describe_exit(code: int) -> str:
+    """`exit code 1`, or the signal that killed the process (`SIGILL`)."""
+    return f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+
+
+def run_all(
+    agents: list[Agent], url: str, args: argparse.Namespace, server: subprocess.Popen[bytes] | None
+) -> list[Outcome]:
+    """Run the agents one after another; a server we started that dies is named in the rows."""
+    outcomes = []
+    for agent in agents:
+        if server is not None and server.poll() is not None:
+            gone = f"not run: impetus serve had stopped ({describe_exit(server.returncode)})"
+            outcomes.append(Outcome(agent.name, agent.dialect, False, 0.0, gone))
+            continue
+        print(f"running {agent.name}...", file=sys.stderr, flush=True)
+        outcome = run_agent(agent, url, args.model, args.timeout, args.clients_dir)
+        if server is not None and server.poll() is not None:
+            died = f"impetus serve stopped ({describe_exit(server.returncode)}) during this run"
+            outcome = replace(outcome, error=f"{died}; {outcome.error}")
+        outcomes.append(outcome)
+    return outcomes
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     target = parser.add_mutually_exclusive_group(required=True)
@@ -370,13 +405,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.start:
         server, url = start_impetus(args.model, log)
         print(f"impetus serve at {url} (log: {log})", file=sys.stderr)
-    outcomes = []
+    else:
+        check_reachable(url)
+    agents = [a for a in AGENTS if a.name in wanted]
     try:
-        for agent in (a for a in AGENTS if a.name in wanted):
-            print(f"running {agent.name}...", file=sys.stderr, flush=True)
-            outcomes.append(run_agent(agent, url, args.model, args.timeout, args.clients_dir))
+        outcomes = run_all(agents, url, args, server)
     finally:
-        if server is not None:
+        if server is not None and server.poll() is None:
             server.terminate()
             server.wait(timeout=30)
     print(render(outcomes, args.markdown))
