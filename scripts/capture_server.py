@@ -60,6 +60,7 @@ class Options:
     text: str = DEFAULT_TEXT
     context_length: int = 32768
     ollama_version: str = "0.13.5"
+    fail: tuple[tuple[str, int], ...] = ()  # (path, status) answered with that error
 
 
 class Recorder:
@@ -334,6 +335,10 @@ async def answer(
 ) -> tuple[web.StreamResponse, Json]:
     """Route one request; unknown routes get a JSON 404 (and are recorded all the same)."""
     path = normalize(request.path)
+    status = dict(options.fail).get(path)
+    if status is not None:
+        error = {"error": {"message": f"capture server told to fail {path}", "type": "api_error"}}
+        return web.json_response(error, status=status), {"status": status, "kind": "told_to_fail"}
     handler = ROUTES.get((request.method, path))
     if handler is not None:
         return await handler(request, body, options)
@@ -378,6 +383,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--text", default=DEFAULT_TEXT, help="the text of every text reply")
     parser.add_argument("--ollama-version", default="0.13.5", help="what /api/version says")
+    parser.add_argument(
+        "--fail",
+        action="append",
+        default=[],
+        metavar="PATH=STATUS",
+        help="answer PATH with this HTTP error, to see how a client retries",
+    )
     args = parser.parse_args(argv)
     models = tuple(args.model or ["gemma3:270m"])
     options = Options(
@@ -386,6 +398,7 @@ def main(argv: list[str] | None = None) -> None:
         tool_call=args.tool_call,
         text=args.text,
         ollama_version=args.ollama_version,
+        fail=tuple((path, int(code)) for path, _, code in (f.rpartition("=") for f in args.fail)),
     )
     web.run_app(
         make_app(options),
