@@ -204,3 +204,19 @@ def test_a_broken_link_never_breaks_the_server(tmp_path: Path, tiny_gguf: Path) 
             assert reply.choices[0].finish_reason in ("stop", "length")
     finally:
         manager.close()
+
+
+def test_a_pull_that_cannot_write_its_manifest_says_so_without_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from impetus_cli.errors import ImpetusError
+
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fs, "atomic_write_json", disk_full)
+    weights = tmp_path / "w.gguf"
+    weights.write_bytes(b"GGUF")
+    model = LocalModel(name="w:1b", format="gguf", path=weights, origin="impetus", size_bytes=4)
+    with pytest.raises(ImpetusError, match=r"Cannot record w:1b.*No space left"):
+        Store(load_settings()).add(model)

@@ -245,15 +245,23 @@ class Store:
         """Register ``model``. When its manifest exists for the same file (two pulls of one
         model at once), the files either of them created stay recorded as ours."""
         file = manifest_file(self.settings, model.name)
-        with self._lock():
-            try:
-                old, _ = read_manifest(file)
-            except (OSError, ValueError, KeyError, TypeError):
-                old = None
-            if old is not None and old.path == model.path:
-                owned = tuple(dict.fromkeys((*old.owned_files, *model.owned_files)))
-                model = replace(model, owned_files=owned)
-            fs.atomic_write_json(file, to_json(model))
+        try:
+            with self._lock():
+                try:
+                    old, _ = read_manifest(file)
+                except (OSError, ValueError, KeyError, TypeError):
+                    old = None
+                if old is not None and old.path == model.path:
+                    owned = tuple(dict.fromkeys((*old.owned_files, *model.owned_files)))
+                    model = replace(model, owned_files=owned)
+                fs.atomic_write_json(file, to_json(model))
+        except OSError as exc:
+            raise ImpetusError(
+                f"Cannot record {model.name} in {self.settings.manifests_dir}: "
+                f"{exc.strerror or exc}.",
+                "Free some space or make IMPETUS_HOME writable, then run the same command "
+                "again (the files on disk are kept and found).",
+            ) from exc
         invalidate()
 
     def touch(self, name: str) -> None:
