@@ -10,8 +10,8 @@ import pytest
 from impetus_cli.errors import InsufficientMemory, InvalidModelName, ModelNotFound
 from impetus_cli.runtime import catalog
 from impetus_cli.runtime.config import load_settings
-from impetus_cli.runtime.names import canonical_name, parse_ref
 from impetus_cli.runtime.fs import atomic_write_json
+from impetus_cli.runtime.names import canonical_name, parse_ref
 from impetus_cli.runtime.store import Store
 from impetus_cli.runtime.types import LocalModel
 
