@@ -148,3 +148,34 @@ def test_other_tools_models_are_discovered_and_named(
     with pytest.raises(Exception, match="never deletes another tool's files"):
         Store(settings).remove("ollama/qwen2.5-coder:7b")
     assert blob.exists()
+
+
+@pytest.mark.parametrize(
+    ("filename", "found"),
+    [
+        ("Qwen2.5-Coder-7B-Instruct-Q4_K_M.gguf", "Q4_K_M"),
+        ("Meta-Llama-3-8B-Instruct.Q8_0.gguf", "Q8_0"),
+        ("gpt-oss-20b-MXFP4.gguf", "MXFP4"),
+        ("Qwen3-Coder-30B-A3B-Instruct-UD-Q4_K_XL-00001-of-00002.gguf", "Q4_K_XL"),
+        ("Q4_K_M/DeepSeek-V3-Q4_K_M-00003-of-00009.gguf", "Q4_K_M"),
+        ("phi-4-mini-IQ4_XS.gguf", "IQ4_XS"),
+        ("model-bf16.gguf", "BF16"),
+        ("qwen2.5-coder-7b.gguf", None),  # "qwen2" is not a quantization
+    ],
+)
+def test_one_quantization_pattern_reads_every_file_name(filename: str, found: str | None) -> None:
+    from impetus_cli.runtime import quant
+
+    assert quant.from_filename(filename) == found
+
+
+def test_split_sets_are_named_from_any_part() -> None:
+    from impetus_cli.runtime import quant
+
+    assert quant.split_set("q/M-Q4_K_M-00002-of-00003.gguf") == [
+        "q/M-Q4_K_M-00001-of-00003.gguf",
+        "q/M-Q4_K_M-00002-of-00003.gguf",
+        "q/M-Q4_K_M-00003-of-00003.gguf",
+    ]
+    assert quant.split_set("M-Q4_K_M.gguf") == ["M-Q4_K_M.gguf"]
+    assert quant.split_part("M-00004-of-00003.gguf") is None  # not a real part number
