@@ -10,9 +10,12 @@ import json
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from impetus_cli.errors import ImpetusError, ModelNotFound, ServerUnreachable
+
+if TYPE_CHECKING:
+    from impetus_cli.runtime.status import ServerStatus
 
 
 class ImpetusClient:
@@ -63,8 +66,10 @@ class ImpetusClient:
     def health(self) -> dict[str, Any]:
         return self._json("GET", "/health", timeout=5)
 
-    def status(self) -> dict[str, Any]:
-        return self._json("GET", "/impetus/status", timeout=5)
+    def status(self) -> ServerStatus:
+        from impetus_cli.runtime.status import ServerStatus
+
+        return ServerStatus.from_json(self._json("GET", "/impetus/status", timeout=5))
 
     def models(self) -> list[dict[str, Any]]:
         return list(self._json("GET", "/v1/models", timeout=30).get("data") or [])

@@ -86,6 +86,27 @@ class ContextLengthExceeded(ImpetusError):
         self.n_prompt = n_prompt
 
 
+class Forbidden(ImpetusError):
+    """A request refused for where it comes from (a foreign Host header, a web page's Origin)."""
+
+    status = 403
+    code = "forbidden"
+
+
+class UnsupportedMediaType(ImpetusError):
+    """A body that is not sent as JSON where JSON is required."""
+
+    status = 415
+    code = "unsupported_media_type"
+
+
+class RequestCancelled(ImpetusError):
+    """The client went away before its request started; nobody reads this answer."""
+
+    status = 499
+    code = "client_closed_request"
+
+
 class InsufficientMemory(ImpetusError):
     """A model that cannot fit in the memory budget, even after evicting idle models."""
 

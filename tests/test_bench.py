@@ -10,7 +10,7 @@ from typing import Any
 
 from typer.testing import CliRunner
 
-from impetus_cli.agentbench import run_agent_bench, summary_rows
+from impetus_cli.services.agentbench import run_agent_bench, summary_rows
 from impetus_cli.cli import app
 from impetus_cli.client import ImpetusClient
 from impetus_cli.commands.bench import _expectations

@@ -90,7 +90,7 @@ def test_interactive_chat_streams_resets_stops_and_exits(
     term.send("/reset\r")
     term.expect("Conversation cleared.")
     term.send("/max_tokens 0\r")
-    term.expect("no cap")
+    term.expect("the default")
     seen = len(term.output)
     term.send("Tell me a very long story about a dragon.\r")
     term.expect("\x1b[?25l", after=seen)  # the live reply display opened
@@ -113,6 +113,10 @@ def test_piped_prompt_is_answered_once_in_plain_text(gemma_gguf: Path, impetus_h
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip()
     assert "\x1b[" not in result.stdout  # no colour codes or cursor movement in a pipe
+    # the built-in model is a base model: chat says so once, and the reply ended (the model
+    # stopped, or the loop guard stopped a reply that repeated itself), never the timeout
+    assert "is a base model" in result.stderr
+    assert "(reply cut" not in result.stderr or "it repeated itself" in result.stderr
 
 
 def test_piped_chat_with_an_unknown_model_fails_on_stderr(impetus_home: Path) -> None:

@@ -44,7 +44,7 @@ def manager(tmp_path: Path, budget: int, sizes: dict[str, int], **settings: obje
         memory_probe=lambda: budget,
     )
     sizes_by_path = {models[n]: s for n, s in sizes.items()}
-    m.info = lambda model: fake_info(model.path, sizes_by_path[model.path])  # type: ignore[method-assign]
+    m.models.info = lambda model: fake_info(model.path, sizes_by_path[model.path])  # type: ignore[method-assign]
     return m
 
 
@@ -153,7 +153,7 @@ def test_events_are_published_in_order(tmp_path: Path) -> None:
 def test_status_snapshot_schema(tmp_path: Path) -> None:
     m = manager(tmp_path, 10 * GB, {"a": GB})
     list(m.start_chat(chat("a")))
-    status = m.status()
+    status = m.status().to_json()  # the JSON the server sends and `ps` / the TUI read
     assert {
         "version",
         "hardware",
@@ -190,5 +190,54 @@ def test_real_load_stream_and_unload_on_the_tiny_gguf(tiny_gguf: Path) -> None:
         chunks[-1].finish_reason in ("stop", "length")
         and chunks[-1].prompt_tokens == gen.prompt_tokens
     )
-    assert m.status()["models"][0]["memory_bytes"] > 0
+    assert m.status().models[0].memory_bytes > 0
     assert m.unload("tiny") and m.loaded() == []
+
+
+def test_two_models_loading_at_once_cannot_both_pass_the_budget(tmp_path: Path) -> None:
+    m = manager(tmp_path, int(1.5 * GB), {"a": GB, "b": GB})
+    FakeEngine.load_delay = 0.5
+    outcomes: dict[str, object] = {}
+
+    def load(name: str) -> None:
+        try:
+            outcomes[name] = m.load(name)
+        except InsufficientMemory as exc:
+            outcomes[name] = exc
+
+    threads = [threading.Thread(target=load, args=(n,)) for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    refused = [n for n, o in outcomes.items() if isinstance(o, InsufficientMemory)]
+    assert len(refused) == 1 and len(FakeEngine.loads) == 1
+    assert "loading" in str(outcomes[refused[0]]) or "loaded" in str(outcomes[refused[0]])
+
+
+def test_a_reply_that_loops_is_stopped_by_the_guard_as_a_length_finish(tmp_path: Path) -> None:
+    m = manager(tmp_path, 10 * GB, {"a": GB})
+    FakeEngine.enqueue(["intro "] + [("the same words again ", 7)] * 400)
+    chunks = list(m.start_chat(chat("a")))
+    final = chunks[-1]
+    assert final.finish_reason == "length" and final.completion_tokens < 400
+    record = m.metrics.recent_requests()[-1]
+    assert record.stopped_by == "loop" and record.status == 200
+    assert "impetus_loop_stops_total" in m.metrics.prometheus({})
+
+
+def test_the_guard_can_be_turned_off(tmp_path: Path) -> None:
+    m = manager(tmp_path, 10 * GB, {"a": GB}, loop_guard=False)
+    FakeEngine.enqueue([("the same words again ", 7)] * 400)
+    final = list(m.start_chat(chat("a")))[-1]
+    assert final.finish_reason == "stop" and final.completion_tokens == 400
+
+
+def test_a_request_without_max_tokens_gets_the_server_default(tmp_path: Path) -> None:
+    m = manager(tmp_path, 10 * GB, {"a": GB}, max_tokens=7)
+    gen = m.start_chat(chat("a"))
+    list(gen)
+    assert gen.max_tokens == 7
+    gen = m.start_chat(chat("a", sampling=SamplingParams(max_tokens=3)))
+    list(gen)
+    assert gen.max_tokens == 3

@@ -32,7 +32,7 @@ def keyed_server(tmp_path: Path) -> Iterator[str]:
         memory_probe=lambda: 10**11,
         allow_paths=False,
     )
-    manager.info = lambda m: fake_info(m.path)  # type: ignore[method-assign]
+    manager.models.info = lambda m: fake_info(m.path)  # type: ignore[method-assign]
     with start_server(manager, settings) as url:
         yield url
 

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from impetus_cli.errors import ServerUnreachable
+from impetus_cli.runtime.status import ServerStatus
 from impetus_cli.tui.app import make_app
 
 STATUS = json.loads((Path(__file__).parent / "data" / "tui" / "status.json").read_text())
@@ -55,8 +56,8 @@ class FixedClient:
             raise ServerUnreachable("connection refused")
         return data
 
-    def status(self) -> dict[str, Any]:
-        return self._answer(STATUS)
+    def status(self) -> ServerStatus:
+        return self._answer(ServerStatus.from_json(STATUS))
 
     def models(self) -> list[dict[str, Any]]:
         return self._answer(MODELS)

@@ -321,7 +321,7 @@ def _bench_server(
 ) -> None:
     from rich.table import Table
 
-    from impetus_cli.agentbench import run_agent_bench, summary_rows
+    from impetus_cli.services.agentbench import run_agent_bench, summary_rows
     from impetus_cli.client import ImpetusClient
 
     client = ImpetusClient(url, api_key=settings.api_key)

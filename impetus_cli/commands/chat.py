@@ -22,8 +22,9 @@ from impetus_cli.commands._ui import console, err_console
 from impetus_cli.errors import ImpetusError
 
 if TYPE_CHECKING:
-    from impetus_cli.chat_session import Backend, ChatSession, ReplyPiece
     from impetus_cli.runtime.config import Settings
+    from impetus_cli.runtime.types import GenerationChunk
+    from impetus_cli.services.chat import Backend, ChatSession
 
 PROMPT = ">>> "
 CONTINUATION = "... "
@@ -47,8 +48,8 @@ def chat(
     threads: Annotated[int | None, typer.Option("--threads", help="CPU threads.")] = None,
 ) -> None:
     """Chat with a model in the terminal (reads one prompt from stdin when piped)."""
-    from impetus_cli.chat_session import ChatSession
     from impetus_cli.runtime.config import load_settings
+    from impetus_cli.services.chat import ChatSession
 
     settings = load_settings({"ctx": ctx, "threads": threads})
     session = ChatSession(
@@ -58,14 +59,33 @@ def chat(
         max_tokens=max_tokens,
     )
     backend = _backend(url, settings)
-    if not sys.stdin.isatty():
+    piped = not sys.stdin.isatty()
+    _warn_if_base(backend, session.model, piped)
+    if piped:
         _answer_once(session, backend, sys.stdin.read())
         return
     _repl(session, backend, settings.home / "chat_history")
 
 
+def _warn_if_base(backend: Backend, model: str, piped: bool) -> None:
+    """Say once that a base (pretrained) model will not follow the conversation."""
+    try:
+        base = backend.is_base_model(model)
+    except ImpetusError:
+        return  # an unknown model: the first request says so, with suggestions
+    if base:
+        style = "" if piped else "[yellow]"
+        err_console().print(
+            f"{style}{model} is a base model: it continues text and does not follow chat turns, "
+            "so its replies ramble (the server stops them when they repeat). For real work pull "
+            "an instruct model, e.g. `impetus pull qwen2.5-coder:7b`.",
+            highlight=False,
+            markup=not piped,
+        )
+
+
 def _backend(url: str | None, settings: Settings) -> Backend:
-    from impetus_cli.chat_session import LocalBackend, RemoteBackend
+    from impetus_cli.services.chat import LocalBackend, RemoteBackend
 
     if url:
         from impetus_cli.client import ImpetusClient
@@ -81,10 +101,17 @@ def _answer_once(session: ChatSession, backend: Backend, prompt: str) -> None:
     if not prompt.strip():
         raise ImpetusError("No prompt on stdin.", 'Try: echo "hello" | impetus chat')
     session.add_user(prompt.strip())
+    last = None
     for piece in _Pump(session, backend, threading.Event()):
         sys.stdout.write(piece.text)
         sys.stdout.flush()
+        last = piece if piece.finish_reason else last
     sys.stdout.write("\n")
+    if last is not None and last.finish_reason == "length":
+        why = "it repeated itself" if last.stopped_by == "loop" else "the length limit"
+        err_console().print(
+            f"(reply cut after {last.completion_tokens} tokens: {why})", markup=False
+        )
 
 
 class _Pump:
@@ -106,7 +133,7 @@ class _Pump:
         self.thread = threading.Thread(target=work, name="impetus-chat", daemon=True)
         self.thread.start()
 
-    def __iter__(self) -> Iterator[ReplyPiece]:
+    def __iter__(self) -> Iterator[GenerationChunk]:
         while True:
             try:
                 item = self.box.get(timeout=0.1)
@@ -208,7 +235,7 @@ def _reply(session: ChatSession, backend: Backend) -> None:
             try:
                 for piece in pump:
                     text += piece.text
-                    last = piece if piece.done else last
+                    last = piece if piece.finish_reason else last
                     live.update(Markdown(_printable(text)))
             except KeyboardInterrupt:
                 cancel.set()
@@ -222,7 +249,8 @@ def _reply(session: ChatSession, backend: Backend) -> None:
     if stopped:
         out.print("[dim](stopped)[/]")
     elif last is not None:
+        cut = " · stopped: it repeated itself" if last.stopped_by == "loop" else ""
         out.print(
             f"[dim]{last.completion_tokens} tokens · TTFT {last.ttft_s:.2f} s · "
-            f"{last.tokens_per_s:.1f} tok/s[/]"
+            f"{last.generation_tps:.1f} tok/s{cut}[/]"
         )

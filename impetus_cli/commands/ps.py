@@ -21,9 +21,9 @@ def ps(url: UrlOpt = None, as_json: JsonOpt = False) -> None:
 
     settings = load_settings()
     status = ImpetusClient(url or settings.base_url, api_key=settings.api_key).status()
-    models = status.get("models") or []
+    models = status.models
     if as_json:
-        print_json(models)
+        print_json(status.to_json()["models"])
         return
     if not models:
         console().print("No model loaded (they load on the first request).")
@@ -41,21 +41,19 @@ def ps(url: UrlOpt = None, as_json: JsonOpt = False) -> None:
     ):
         table.add_column(col)
     for m in models:
-        left = (
-            "pinned"
-            if m.get("pinned")
-            else "busy"
-            if m.get("in_flight")
-            else human_duration(m.get("expires_in_s"))
-        )
+        left = "pinned" if m.pinned else "busy" if m.in_flight else human_duration(m.expires_in_s)
         table.add_row(
-            m["name"],
-            m.get("format") or "-",
-            m.get("quantization") or "-",
-            str(m.get("n_ctx")),
-            human_bytes(m.get("memory_bytes")),
+            f"{m.name} (base model)" if m.base_model else m.name,
+            m.format or "-",
+            m.quantization or "-",
+            str(m.n_ctx),
+            human_bytes(m.memory_bytes),
             left,
-            str(m.get("in_flight", 0)),
-            str(m.get("queued", 0)),
+            str(m.in_flight),
+            str(m.queued),
         )
     console().print(table)
+    if any(m.failure for m in models):
+        for m in models:
+            if m.failure:
+                console().print(f"[red]{m.name}: engine failure: {m.failure}[/]")

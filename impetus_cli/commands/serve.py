@@ -52,6 +52,20 @@ def serve(
     cors_origin: Annotated[
         list[str] | None, typer.Option(help="Allow browser requests from this origin.")
     ] = None,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(help="Answer this Host name too (besides localhost / 127.0.0.1)."),
+    ] = None,
+    max_tokens: Annotated[
+        int | None,
+        typer.Option(min=1, help="A reply's limit when the request sets none (default 8192)."),
+    ] = None,
+    loop_guard: Annotated[
+        bool | None,
+        typer.Option(
+            "--loop-guard/--no-loop-guard", help="Stop replies that repeat themselves (on)."
+        ),
+    ] = None,
     prompt_cache: Annotated[
         bool | None,
         typer.Option(
@@ -80,6 +94,9 @@ def serve(
             "keep_alive": keep_alive,
             "api_key": api_key,
             "cors_origins": cors_origin or None,
+            "allowed_hosts": allowed_host or None,
+            "max_tokens": max_tokens,
+            "loop_guard": loop_guard,
             "prompt_cache": prompt_cache,
             "rpc": rpc,
         }
@@ -132,6 +149,8 @@ def run_server(settings: Settings, preload: list[str]) -> None:
 
 
 def _banner(settings: Settings, manager: object, preload: list[str]) -> None:
+    """Where the server is and how to point the clients at it. The API key is never printed:
+    the banner ends up in logs."""
     model = preload[0] if preload else settings.default_model
     try:
         n_ctx = manager.plan(model).n_ctx  # type: ignore[attr-defined]
@@ -139,7 +158,12 @@ def _banner(settings: Settings, manager: object, preload: list[str]) -> None:
         n_ctx = None
     out = console()
     out.print(f"[bold]Impetus[/] serving on [cyan]{settings.base_url}[/]  (Ctrl-C stops)")
-    key = settings.api_key or "any value"
+    key = "the key you set (--api-key / IMPETUS_API_KEY)" if settings.api_key else "any value"
+    guard = "on" if settings.loop_guard else "off (--no-loop-guard)"
+    out.print(
+        f"  Replies without max_tokens stop at {settings.max_tokens} tokens (--max-tokens); "
+        f"loop guard {guard}."
+    )
     out.print(
         f"  Cline: API Provider [b]OpenAI Compatible[/], Base URL {settings.base_url}, API Key {key}, "
         f"Model ID {model}, Context Window {n_ctx or '-'}"

@@ -43,12 +43,16 @@ def local_actions(settings: Settings, url: str | None) -> LocalActions:
         Store(settings).remove(name)
 
     def start_server() -> str:
+        import os
         import subprocess
         import sys
 
-        settings.logs_dir.mkdir(parents=True, exist_ok=True)
+        settings.logs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         log = settings.logs_dir / "serve.log"
-        with open(log, "ab") as out:
+        # 0600: requests and model names land in it; no one else on the machine reads them
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.chmod(log, 0o600)  # also when an older version created it readable
+        with os.fdopen(fd, "ab") as out:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "impetus_cli", "serve", "--port", str(settings.port)],
                 stdout=out,

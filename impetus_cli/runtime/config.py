@@ -34,6 +34,10 @@ class Settings:
     keep_alive: float = 300.0  # seconds idle before unload; -1 = never
     api_key: str | None = None
     cors_origins: tuple[str, ...] = ()
+    # Host names a loopback server answers besides localhost / 127.0.0.1 / [::1] (DNS rebinding)
+    allowed_hosts: tuple[str, ...] = ()
+    max_tokens: int = 8192  # a reply's limit when the request sets none
+    loop_guard: bool = True  # stop replies that repeat themselves (runtime/loop_guard.py)
     queue_size: int = 16  # requests waiting per model before 503
     queue_timeout: float = 120.0  # seconds a request may wait for a slot
     min_ctx: int = 32768  # the context the planner aims for (agents send 13-18k tokens)

@@ -1,46 +1,64 @@
 """Generation: one running request, as an iterator of GenerationChunk.
 
-It wraps the engine's stream, separates tool calls from text when the request carried tools,
-counts tokens for the metrics, and gives the slot back to the manager exactly once: at the end
-of the stream, on an error, or when the consumer closes it (a client that hung up).
+It wraps the engine's stream: the reply parser (runtime/replies) sorts the text into content,
+reasoning and tool calls,
+stops a reply that loops (the runaway guard), counts tokens, and calls ``on_end`` exactly once
+with the final chunk: at the end of the stream, on an error, or when the consumer closes it (a
+client that hung up). ``on_end`` is how the slot goes back; Generation knows nothing of the
+manager.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
-import time
-from collections.abc import Generator, Iterator
-from dataclasses import replace
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass, replace
 
-from impetus_cli.runtime.metrics import Event
-from impetus_cli.runtime.types import GenerationChunk, SamplingParams
+from impetus_cli.runtime.loop_guard import LoopGuard
+from impetus_cli.runtime.replies import ReplyDelta, ReplyParser
+from impetus_cli.runtime.types import GenerationChunk
 
-if TYPE_CHECKING:
-    from impetus_cli.runtime.manager import Loaded, ModelManager
+log = logging.getLogger("impetus.generation")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a generation ended, for the slot's owner: the final chunk (None if it never
+    started), ``status`` (200, "cancelled" or "error") and why a reply was cut short by us."""
+
+    final: GenerationChunk | None
+    status: int | str
+    stopped_by: str | None = None  # "loop" when the runaway guard ended it
 
 
 class Generation:
     def __init__(
         self,
-        manager: ModelManager,
-        entry: Loaded,
-        tokens: list[int],
-        sampling: SamplingParams,
+        stream: Iterator[GenerationChunk],
+        *,
+        model: str,
+        prompt_tokens: int,
+        max_tokens: int,
         cancel: threading.Event,
-        tool_style: str | None,
+        on_end: Callable[[Outcome], None],
+        on_tokens: Callable[[int], None] = lambda _: None,
+        parser: ReplyParser | None = None,
+        guard: LoopGuard | None = None,
+        token_bytes: Callable[[int], bytes] = lambda _: b"",
     ):
-        self.manager, self.entry = manager, entry
-        self.model = entry.model
-        self.prompt_tokens = len(tokens)
-        self.n_ctx = entry.engine.n_ctx
-        self.max_tokens = sampling.max_tokens or 0
+        self.model = model
+        self.token_bytes = token_bytes  # a token id's text as bytes (for logprobs)
+        self.prompt_tokens = prompt_tokens
+        self.max_tokens = max_tokens
         self.cancel = cancel
-        self._stream: Generator[GenerationChunk, None, None] = entry.engine.generate(
-            tokens, sampling, cancel
-        )  # type: ignore[assignment]
-        self._iter = self._run(tool_style)
-        self._released = False
+        self.stopped_by: str | None = None
+        self._stream = stream
+        self._on_end = on_end
+        self._on_tokens = on_tokens
+        self._guard = guard
+        self._iter = self._run(parser)
+        self._ended = False
 
     def __iter__(self) -> Iterator[GenerationChunk]:
         return self
@@ -48,90 +66,83 @@ class Generation:
     def __next__(self) -> GenerationChunk:
         return next(self._iter)
 
-    def _run(self, tool_style: str | None) -> Generator[GenerationChunk, None, None]:
-        from impetus_cli.runtime.templates import ToolCallStream
-
-        tools = ToolCallStream(tool_style) if tool_style else None
-        name, metrics = self.model.name, self.manager.metrics
+    def _run(self, parser: ReplyParser | None) -> Generator[GenerationChunk, None, None]:
         status: int | str = "error"
         final: GenerationChunk | None = None
-        held = GenerationChunk()  # tokens (and logprobs) whose text the tool parser holds back
+        held = GenerationChunk()  # tokens (and logprobs) whose text the parser holds back
         try:
             for chunk in self._stream:
                 if chunk.token_ids:
-                    metrics.count_tokens(name, len(chunk.token_ids))
+                    self._on_tokens(len(chunk.token_ids))
+                    self._watch(chunk)
                 if chunk.finish_reason is not None:
-                    final = chunk
+                    final = self._ended_by_guard(chunk)
                     break
-                if tools is None:
+                if parser is None:
                     yield chunk
                     continue
                 chunk = _join_tokens(held, chunk)
-                text, calls = tools.feed(chunk.text)
-                if text or calls:
-                    yield replace(chunk, text=text, tool_calls=tuple(calls))
+                parsed = parser.feed(chunk.text)
+                if parsed.content or parsed.reasoning or parsed.tool_call_deltas:
+                    yield _parsed(chunk, parsed)
                     held = GenerationChunk()
                 else:
                     held = chunk
             if final is None:
                 return
-            if tools is not None:
+            if parser is not None:
                 final = _join_tokens(held, final)
-                text, calls = tools.feed(final.text)
-                rest, more = tools.finish()
-                reason = (
-                    "tool_calls"
-                    if tools.calls and final.finish_reason != "cancelled"
-                    else final.finish_reason
-                )
-                final = replace(
-                    final, text=text + rest, tool_calls=tuple(calls + more), finish_reason=reason
-                )  # type: ignore[arg-type]
+                parsed = parser.feed(final.text) + parser.finish(final.finish_reason or "stop")
+                final = _parsed(final, parsed)
+                if parser.calls and final.finish_reason == "stop":
+                    final = replace(final, finish_reason="tool_calls")
             status = 200 if final.finish_reason != "cancelled" else "cancelled"
             yield final
         finally:
-            self._finish(final, status)
+            self._end(final, status)
 
-    def _finish(self, final: GenerationChunk | None, status: int | str) -> None:
-        if self._released:
+    def _watch(self, chunk: GenerationChunk) -> None:
+        """Feed the runaway guard; when it trips, stop the engine at its next step."""
+        if self._guard is None or self.stopped_by is not None:
             return
-        self._released = True
-        self._stream.close()  # ends the engine's generator (and frees its lock) if we stopped early
-        self.manager.release(self.entry)
-        f = final or GenerationChunk()
-        self.manager.metrics.finish(
-            self.model.name,
-            self.prompt_tokens,
-            f.completion_tokens,
-            f.cached_tokens,
-            f.ttft_s,
-            f.generation_tps,
-            status,
-        )
-        self.manager.bus.publish(
-            Event(
-                "request_finished",
-                self.model.name,
-                {
-                    "prompt_tokens": self.prompt_tokens,
-                    "cached_tokens": f.cached_tokens,
-                    "completion_tokens": f.completion_tokens,
-                    "ttft_s": f.ttft_s,
-                    "tps": f.generation_tps,
-                    "finish_reason": f.finish_reason,
-                    "status": status,
-                    "at": time.time(),
-                },
-            )
-        )
+        reason = self._guard.feed(chunk.token_ids)
+        if reason is not None:
+            self.stopped_by = "loop"
+            self.cancel.set()
+            log.warning("%s: reply stopped by the loop guard: %s", self.model, reason)
+
+    def _ended_by_guard(self, final: GenerationChunk) -> GenerationChunk:
+        """A reply the guard stopped ends as one cut at a length limit, as OpenAI reports it."""
+        if self.stopped_by == "loop" and final.finish_reason == "cancelled":
+            return replace(final, finish_reason="length", stopped_by="loop")
+        return final
+
+    def _end(self, final: GenerationChunk | None, status: int | str) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        if isinstance(self._stream, Generator):
+            self._stream.close()  # ends the engine's stream (frees its slot) if we stopped early
+        self._on_end(Outcome(final, status, self.stopped_by))
 
     def close(self) -> None:
         """Stop early (client gone): cancel the engine, then release the slot."""
-        if not self._released:
+        if not self._ended:
             self.cancel.set()
         self._iter.close()
-        if not self._released:  # the iterator never started: its finally did not run
-            self._finish(None, "cancelled")
+        if not self._ended:  # the iterator never started: its finally did not run
+            self._end(None, "cancelled")
+
+
+def _parsed(chunk: GenerationChunk, parsed: ReplyDelta) -> GenerationChunk:
+    """``chunk`` carrying what the reply parser made of its text."""
+    return replace(
+        chunk,
+        text=parsed.content,
+        reasoning=parsed.reasoning,
+        tool_calls=parsed.tool_calls,
+        tool_call_deltas=parsed.tool_call_deltas,
+    )
 
 
 def _join_tokens(held: GenerationChunk, chunk: GenerationChunk) -> GenerationChunk:

@@ -10,9 +10,12 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+from impetus_cli.runtime.status import RequestRecord
+from impetus_cli.runtime.types import GenerationChunk
 
 TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 TPS_BUCKETS = (1.0, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0)
@@ -32,8 +35,12 @@ class Event:
 
 
 class Subscription:
-    def __init__(self, bus: EventBus, limit: int):
+    """One reader's bounded queue. ``notify`` (if given) is called after each new event, from
+    the publishing thread: an asyncio reader uses it to wake without a thread of its own."""
+
+    def __init__(self, bus: EventBus, limit: int, notify: Callable[[], None] | None = None):
         self._bus = bus
+        self._notify = notify
         self._queue: collections.deque[Event] = collections.deque(maxlen=limit)
         self._ready = threading.Condition()
         self.closed = False
@@ -42,10 +49,12 @@ class Subscription:
         with self._ready:
             self._queue.append(event)
             self._ready.notify()
+        if self._notify is not None:
+            self._notify()
 
     def get(self, timeout: float | None = None) -> Event | None:
         with self._ready:
-            if not self._queue and not self.closed:
+            if not self._queue and not self.closed and timeout != 0:
                 self._ready.wait(timeout)
             return self._queue.popleft() if self._queue else None
 
@@ -67,8 +76,10 @@ class EventBus:
         self._subs: list[Subscription] = []
         self._lock = threading.Lock()
 
-    def subscribe(self, limit: int = 1000) -> Subscription:
-        sub = Subscription(self, limit)
+    def subscribe(
+        self, limit: int = 1000, notify: Callable[[], None] | None = None
+    ) -> Subscription:
+        sub = Subscription(self, limit, notify)
         with self._lock:
             self._subs.append(sub)
         return sub
@@ -117,6 +128,7 @@ class ModelCounters:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    loop_stops: int = 0  # replies the runaway guard ended
     # Tokens generated per BUCKET_S-second bucket, keyed by bucket start.
     buckets: dict[int, int] = field(default_factory=dict)
 
@@ -139,7 +151,7 @@ class Metrics:
         self.models: dict[str, ModelCounters] = {}
         self.ttft = Histogram(TTFT_BUCKETS)
         self.tps = Histogram(TPS_BUCKETS)
-        self.recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=50)
+        self.recent: collections.deque[RequestRecord] = collections.deque(maxlen=50)
 
     def count_request(self, endpoint: str, status: int) -> None:
         with self._lock:
@@ -158,33 +170,35 @@ class Metrics:
         self,
         model: str,
         prompt: int,
-        completion: int,
-        cached: int,
-        ttft: float,
-        tps: float,
+        final: GenerationChunk | None,
         status: int | str,
-    ) -> None:
+        stopped_by: str | None = None,
+    ) -> RequestRecord:
+        """Count a finished request (``final``: its last chunk, None if it never started)."""
+        f = final or GenerationChunk()
+        record = RequestRecord(
+            time=time.time(),
+            model=model,
+            prompt_tokens=prompt,
+            completion_tokens=f.completion_tokens,
+            cached_tokens=f.cached_tokens,
+            ttft_s=round(f.ttft_s, 4),
+            tps=round(f.generation_tps, 2),
+            status=status,
+            stopped_by=stopped_by,
+        )
         with self._lock:
             counters = self.models.setdefault(model, ModelCounters())
             counters.requests += 1
             counters.prompt_tokens += prompt
-            counters.completion_tokens += completion
-            counters.cached_tokens += cached
-            if completion:
-                self.ttft.observe(ttft)
-                self.tps.observe(tps)
-            self.recent.append(
-                {
-                    "time": time.time(),
-                    "model": model,
-                    "prompt_tokens": prompt,
-                    "completion_tokens": completion,
-                    "cached_tokens": cached,
-                    "ttft_s": round(ttft, 4),
-                    "tps": round(tps, 2),
-                    "status": status,
-                }
-            )
+            counters.completion_tokens += f.completion_tokens
+            counters.cached_tokens += f.cached_tokens
+            counters.loop_stops += stopped_by == "loop"
+            if f.completion_tokens:
+                self.ttft.observe(f.ttft_s)
+                self.tps.observe(f.generation_tps)
+            self.recent.append(record)
+        return record
 
     def model_snapshot(self, model: str) -> dict[str, Any]:
         with self._lock:
@@ -196,11 +210,12 @@ class Metrics:
                 "completion_tokens": c.completion_tokens,
                 "cached_tokens": c.cached_tokens,
                 "cache_hit_rate": c.cached_tokens / c.prompt_tokens if c.prompt_tokens else 0.0,
+                "loop_stops": c.loop_stops,
                 "tps_recent": series[-2] if len(series) > 1 else 0.0,  # the last complete bucket
                 "series": series,
             }
 
-    def recent_requests(self) -> list[dict[str, Any]]:
+    def recent_requests(self) -> list[RequestRecord]:
         with self._lock:
             return list(self.recent)
 
@@ -221,6 +236,7 @@ class Metrics:
                     "cached_tokens",
                     "Prompt tokens served from the KV cache.",
                 ),
+                ("loop_stops", "loop_stops", "Replies the runaway guard ended (loops)."),
             ):
                 out += [
                     f"# HELP impetus_{name}_total {text}",

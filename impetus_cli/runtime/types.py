@@ -321,6 +321,9 @@ class GenerationChunk:
     tool_call_deltas: tuple[ToolCallDelta, ...] = ()
     logprobs: tuple[float, ...] = ()
     top_logprobs: tuple[tuple[tuple[int, float], ...], ...] = ()
+    # On the final chunk: "loop" when the server's runaway guard ended the reply (which then
+    # finishes as "length"); None when the model or a limit ended it.
+    stopped_by: str | None = None
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Footer, Header, Sparkline, Static
 
 from impetus_cli.errors import ImpetusError
+from impetus_cli.runtime.status import ServerStatus
 from impetus_cli.tui import widgets
 from impetus_cli.tui.screens import ConfirmScreen, PullScreen
 
@@ -53,7 +54,7 @@ class StatusSource(Protocol):
 
     base_url: str
 
-    def status(self) -> dict[str, Any]: ...
+    def status(self) -> ServerStatus: ...
     def models(self) -> list[dict[str, Any]]: ...
     def load(self, name: str) -> Any: ...
     def unload(self, name: str) -> Any: ...
@@ -89,7 +90,7 @@ class Dashboard(App[None]):
         self.actions = actions
         self.interval = interval
         self.sub_title = client.base_url
-        self._latest: tuple[dict[str, Any], list[dict[str, Any]]] | None = None
+        self._latest: tuple[ServerStatus, list[dict[str, Any]]] | None = None
         self._error: str | None = None
         self._fresh = threading.Event()
         self._stop = threading.Event()
@@ -179,7 +180,7 @@ class Dashboard(App[None]):
         banner.display = True
         banner.update(f"Lost the server at {self.client.base_url} ({error}). Retrying...")
 
-    def show(self, status: dict[str, Any], models: list[dict[str, Any]]) -> None:
+    def show(self, status: ServerStatus, models: list[dict[str, Any]]) -> None:
         """Render one snapshot (also called directly by tests with fixed data)."""
         self.query_one("#machine", Static).update(widgets.machine_text(status))
         self.query_one("#memory", Static).update(widgets.memory_bar(status))

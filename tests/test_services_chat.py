@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from impetus_cli.chat_session import ChatSession
 from impetus_cli.errors import ImpetusError
+from impetus_cli.services.chat import ChatSession
 
 
 def session() -> ChatSession:

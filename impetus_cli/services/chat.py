@@ -1,8 +1,9 @@
 """The state of an `impetus chat` conversation, apart from the terminal.
 
 ``ChatSession`` keeps the messages and settings and interprets slash commands; a backend
-(in-process manager or a running server) turns the messages into a stream of ``ReplyPiece``.
-Nothing here prints: commands/chat.py renders, so this module is tested without a terminal.
+(in-process manager or a running server) turns the messages into a stream of
+``GenerationChunk``, the record the engines emit. Nothing here prints: commands/chat.py renders,
+so this module is tested without a terminal.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from impetus_cli.errors import ImpetusError
-from impetus_cli.runtime.types import ChatMessage, ChatRequest, SamplingParams
+from impetus_cli.runtime.summary import decode_rate
+from impetus_cli.runtime.types import ChatMessage, ChatRequest, GenerationChunk, SamplingParams
 
 if TYPE_CHECKING:
     from impetus_cli.client import ImpetusClient
@@ -27,26 +29,13 @@ HELP = """\
 /reset             forget the conversation (keeps the system prompt)
 /model NAME        switch model
 /temperature X     set the sampling temperature
-/max_tokens N      cap the length of a reply (0: no cap)
+/max_tokens N      cap the length of a reply (0: the default)
 /save FILE         save the conversation (.md for Markdown, otherwise JSON)
 /load FILE         load a conversation saved as JSON
 /help              this list
 /exit              leave (Ctrl-D works too)
 Multi-line input: start and end with \"\"\", or end a line with a backslash.
 Ctrl-C stops a reply; it does not end the chat."""
-
-
-@dataclass(frozen=True)
-class ReplyPiece:
-    """Text as it arrives; the last piece carries the stats."""
-
-    text: str = ""
-    done: bool = False
-    finish_reason: str | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    ttft_s: float = 0.0
-    tokens_per_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -64,7 +53,11 @@ class Backend(Protocol):
         messages: list[ChatMessage],
         sampling: SamplingParams,
         cancel: threading.Event,
-    ) -> Iterator[ReplyPiece]: ...
+    ) -> Iterator[GenerationChunk]: ...
+
+    def is_base_model(self, model: str) -> bool:
+        """A pretrained model that does not follow chat turns (False when unknown)."""
+        ...
 
 
 @dataclass
@@ -117,7 +110,7 @@ class ChatSession:
                 raise ImpetusError(
                     "/max_tokens needs a whole number, e.g. /max_tokens 256"
                 ) from None
-            return CommandResult(f"Max tokens: {self.max_tokens or 'no cap'}")
+            return CommandResult(f"Max tokens: {self.max_tokens or 'the default'}")
         if name == "/save":
             return CommandResult(f"Saved to {self.save(Path(_need(arg, '/save FILE')))}")
         if name == "/load":
@@ -185,25 +178,16 @@ class LocalBackend:
         messages: list[ChatMessage],
         sampling: SamplingParams,
         cancel: threading.Event,
-    ) -> Iterator[ReplyPiece]:
+    ) -> Iterator[GenerationChunk]:
         request = ChatRequest(model=model, messages=tuple(messages), sampling=sampling)
         generation = self.manager.start_chat(request, cancel)
         try:
-            for chunk in generation:
-                if chunk.finish_reason is None:
-                    yield ReplyPiece(text=chunk.text)
-                    continue
-                yield ReplyPiece(
-                    text=chunk.text,
-                    done=True,
-                    finish_reason=chunk.finish_reason,
-                    prompt_tokens=chunk.prompt_tokens,
-                    completion_tokens=chunk.completion_tokens,
-                    ttft_s=chunk.ttft_s,
-                    tokens_per_s=chunk.generation_tps,
-                )
+            yield from generation
         finally:
             generation.close()
+
+    def is_base_model(self, model: str) -> bool:
+        return self.manager.info(self.manager.resolve(model)).base_model
 
 
 class RemoteBackend:
@@ -218,10 +202,10 @@ class RemoteBackend:
         messages: list[ChatMessage],
         sampling: SamplingParams,
         cancel: threading.Event,
-    ) -> Iterator[ReplyPiece]:
+    ) -> Iterator[GenerationChunk]:
         payload = [{"role": m.role, "content": m.content} for m in messages]
         start = time.perf_counter()
-        first: float | None = None
+        first = last = 0.0
         usage: dict[str, Any] = {}
         finish: str | None = None
         extra = {"max_tokens": sampling.max_tokens} if sampling.max_tokens else {}
@@ -240,16 +224,21 @@ class RemoteBackend:
                 text = (choice.get("delta") or {}).get("content") or ""
                 finish = choice.get("finish_reason") or finish
                 if text:
-                    first = first or time.perf_counter()
-                    yield ReplyPiece(text=text)
-        end = time.perf_counter()
+                    last = time.perf_counter()
+                    first = first or last
+                    yield GenerationChunk(text=text)
         completion = int(usage.get("completion_tokens") or 0)
-        decode_s = end - (first or end)
-        yield ReplyPiece(
-            done=True,
-            finish_reason=finish,
+        end = time.perf_counter()
+        yield GenerationChunk(
+            finish_reason=finish
+            if finish in ("stop", "length", "tool_calls", "cancelled")
+            else "stop",  # type: ignore[arg-type]
             prompt_tokens=int(usage.get("prompt_tokens") or 0),
             completion_tokens=completion,
             ttft_s=(first or end) - start,
-            tokens_per_s=(completion - 1) / decode_s if decode_s > 0 and completion > 1 else 0.0,
+            generation_tps=decode_rate(completion, first, last),
         )
+
+    def is_base_model(self, model: str) -> bool:
+        entry = next((m for m in self.client.models() if m.get("id") == model), {})
+        return bool(entry.get("base_model"))

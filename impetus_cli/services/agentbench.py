@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from impetus_cli.client import ImpetusClient
+from impetus_cli.runtime.summary import decode_rate
 
 # Filler shaped like an agent's system prompt: rules, tool descriptions, environment details.
 _RULES = (
@@ -46,12 +47,7 @@ class StreamStats:
     @property
     def decode_tps(self) -> float:
         """Tokens/s from the first content delta to the last (the first token is the prompt's)."""
-        decode = (self.last_token_s or self.total_s) - self.ttft_s
-        return (
-            (self.completion_tokens - 1) / decode
-            if decode > 0 and self.completion_tokens > 1
-            else 0.0
-        )
+        return decode_rate(self.completion_tokens, self.ttft_s, self.last_token_s or self.total_s)
 
 
 @dataclass(frozen=True)

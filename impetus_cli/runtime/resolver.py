@@ -1,0 +1,103 @@
+"""Names to models, and models to their facts and load plans, each computed once.
+
+The manager asks here what a name means (a model in the store, or over the CLI a local path),
+what the model's file says (runtime/inspect.py) and how it would load on this machine
+(runtime/tuning.py). Facts are cached per file and plans per file and memory budget, so listing
+models (``/v1/models``, the dashboard twice a second) costs no walk and no planning twice.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from impetus_cli.errors import ImpetusError, ModelNotFound
+from impetus_cli.runtime.config import Settings
+from impetus_cli.runtime.types import HardwareProfile, LoadPlan, LocalModel, ModelInfo
+
+
+class ModelSource(Protocol):
+    def list(self) -> list[LocalModel]: ...
+    def get(self, name: str) -> LocalModel: ...
+    def touch(self, name: str) -> None: ...
+
+
+class Resolver:
+    def __init__(
+        self,
+        settings: Settings,
+        store: ModelSource,
+        hardware: HardwareProfile,
+        budget: Callable[[], int],
+        allow_paths: bool,
+    ):
+        self.settings, self.store, self.hardware = settings, store, hardware
+        self.budget, self.allow_paths = budget, allow_paths
+        self._lock = threading.Lock()
+        self._infos: dict[Path, ModelInfo] = {}
+        self._plans: dict[tuple[Path, int], LoadPlan] = {}
+
+    def available(self) -> list[LocalModel]:
+        return self.store.list()
+
+    def resolve(self, name: str) -> LocalModel:
+        """A known model by name; a local path too when allowed (never over HTTP)."""
+        name = name.strip()
+        if not name:
+            raise ImpetusError(
+                "No model named.", "Pass a model id, e.g. gemma3:270m.", param="model"
+            )
+        if self.allow_paths and (name.startswith(("/", "./", "~")) or name.endswith(".gguf")):
+            return self._path_model(Path(name).expanduser())
+        try:
+            return self.store.get(name)
+        except ModelNotFound as exc:
+            names = [m.name for m in self.available()]
+            listing = ", ".join(names[:20]) or "none"
+            raise ModelNotFound(
+                f"The model {name!r} does not exist. Available models: {listing}.",
+                exc.hint,
+                suggestions=exc.suggestions,
+            ) from None
+
+    @staticmethod
+    def _path_model(path: Path) -> LocalModel:
+        from impetus_cli.runtime.inspect import detect_format
+
+        fmt = detect_format(path)
+        size = (
+            path.stat().st_size
+            if path.is_file()
+            else sum(p.stat().st_size for p in path.glob("*") if p.is_file())
+        )
+        return LocalModel(name=str(path), format=fmt, path=path, origin="path", size_bytes=size)
+
+    def info(self, model: LocalModel) -> ModelInfo:
+        from impetus_cli.runtime.inspect import inspect_model
+        from impetus_cli.runtime.store import ensure_builtin_file
+
+        if model.origin == "builtin":
+            ensure_builtin_file(model)
+        with self._lock:
+            known = self._infos.get(model.path)
+        if known is None:
+            known = inspect_model(model.path)
+            with self._lock:
+                self._infos[model.path] = known
+        return known
+
+    def plan(self, model: LocalModel) -> LoadPlan:
+        """How the model would load now; depends only on its file and the budget."""
+        from impetus_cli.runtime.tuning import plan_load
+
+        info, budget = self.info(model), self.budget()
+        key = (model.path, budget)
+        with self._lock:
+            known = self._plans.get(key)
+        if known is None:
+            known = plan_load(model, info, self.hardware, self.settings, budget)
+            with self._lock:
+                self._plans[key] = known
+        return known
