@@ -1,12 +1,16 @@
-"""OpenAI ``response_format`` -> a llama.cpp GBNF grammar (GGUF engines constrain sampling)."""
+"""OpenAI ``response_format`` -> a llama.cpp GBNF grammar (GGUF engines constrain sampling).
+
+A JSON schema goes through json_grammar.py, which bounds what a schema may ask (a request
+must never be able to crash the server or make it build a huge grammar) and answers a 400
+beyond that; forced tool calls are in tool_grammar.py."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
 from impetus_cli.errors import ImpetusError
+from impetus_cli.runtime.json_grammar import schema_grammar
 
 # Any JSON object (the json_object mode): written for this purpose, in GBNF.
 JSON_OBJECT = r"""
@@ -14,7 +18,7 @@ root   ::= ws object ws
 value  ::= object | array | string | number | ("true" | "false" | "null")
 object ::= "{" ws ( string ws ":" ws value ( ws "," ws string ws ":" ws value )* )? ws "}"
 array  ::= "[" ws ( value ( ws "," ws value )* )? ws "]"
-string ::= "\"" ( [^"\\\x7F\x00-\x1F] | "\\" ( ["\\/bfnrt] | "u" [0-9a-fA-F]{4} ) )* "\""
+string ::= "\"" ( [^"\\\x7F\x00-\x1F\uD800-\uDFFF\U00110000-\U001FFFFF] | "\\" ( ["\\/bfnrt] | "u" [0-9a-fA-F]{4} ) )* "\""
 number ::= "-"? ( [0-9] | [1-9] [0-9]{0,15} ) ( "." [0-9]+ )? ( [eE] [-+]? [0-9]{1,15} )?
 ws     ::= [ \t\n]{0,20}
 """
@@ -36,16 +40,7 @@ def grammar_for(response_format: Mapping[str, Any] | None) -> str | None:
             raise ImpetusError(
                 "response_format.json_schema.schema must be an object.", param="response_format"
             )
-        try:
-            from llama_cpp.llama_grammar import json_schema_to_gbnf
-        except ImportError:
-            return JSON_OBJECT
-        try:
-            return str(json_schema_to_gbnf(json.dumps(schema)))
-        except (
-            Exception
-        ) as exc:  # the converter raises plain exceptions on schemas it can't express
-            raise ImpetusError(f"Unsupported JSON schema: {exc}", param="response_format") from exc
+        return schema_grammar(schema, param="response_format")
     raise ImpetusError(
         f"Unknown response_format type {kind!r}.",
         "Use text, json_object or json_schema.",

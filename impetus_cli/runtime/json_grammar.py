@@ -38,9 +38,11 @@ class Limits:
 
 LIMITS = Limits()
 
+# Characters exclude surrogates and code points past U+10FFFF: llama.cpp decodes any 4-byte
+# pattern, so byte-level tokens could otherwise spell invalid UTF-8 inside a string.
 PRIMITIVES = {
     "ws": r"[ \t\n]{0,20}",
-    "char": r'[^"\\\x7F\x00-\x1F] | "\\" ( ["\\/bfnrt] | "u" [0-9a-fA-F]{4} )',
+    "char": r'[^"\\\x7F\x00-\x1F\uD800-\uDFFF\U00110000-\U001FFFFF] | "\\" ( ["\\/bfnrt] | "u" [0-9a-fA-F]{4} )',
     "string": r'"\"" char* "\""',
     "integer": r'"-"? ( [0-9] | [1-9] [0-9]{0,15} )',
     "number": r'integer ( "." [0-9]{1,16} )? ( [eE] [-+]? [0-9]{1,4} )?',

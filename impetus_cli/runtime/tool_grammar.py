@@ -20,7 +20,8 @@ from impetus_cli.runtime.types import ToolSpec
 
 PARAM = "tools"
 # Bare text of an XML parameter: anything but the start of a closing tag.
-XML_TEXT = r'( [^<] | "<" [^/] )*'
+BAD = r"\uD800-\uDFFF\U00110000-\U001FFFFF"  # not characters (see json_grammar)
+XML_TEXT = rf'( [^<{BAD}] | "<" [^/<{BAD}] )*'
 # Dialects whose template can hold one call per reply only.
 SINGLE = ("harmony", "llama3")
 
