@@ -107,6 +107,20 @@ class RequestCancelled(ImpetusError):
     code = "client_closed_request"
 
 
+class ContextUnavailable(ImpetusError):
+    """A client asks for more context (num_ctx) than the model can have on this machine."""
+
+    code = "context_length_exceeded"
+
+    def __init__(self, model: str, wanted: int, most: int):
+        super().__init__(
+            f"{model} cannot have a {wanted}-token context here: at most {most} tokens fit "
+            "its training and the memory budget.",
+            f"Ask for num_ctx {most} or less, or raise --memory-budget.",
+            param="num_ctx",
+        )
+
+
 class InsufficientMemory(ImpetusError):
     """A model that cannot fit in the memory budget, even after evicting idle models."""
 

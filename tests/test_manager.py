@@ -241,3 +241,28 @@ def test_a_request_without_max_tokens_gets_the_server_default(tmp_path: Path) ->
     gen = m.start_chat(chat("a", sampling=SamplingParams(max_tokens=3)))
     list(gen)
     assert gen.max_tokens == 3
+
+
+def test_num_ctx_larger_reloads_with_it_and_beyond_the_model_is_a_clear_error(
+    tmp_path: Path,
+) -> None:
+    from impetus_cli.errors import ContextUnavailable
+
+    m = manager(tmp_path, 10 * GB, {"a": GB})  # loads with ctx 2048; the file allows 4096
+    assert m.load("a").n_ctx == 2048
+    gen = m.start_chat(chat("a", num_ctx=4096))
+    list(gen)
+    assert FakeEngine.loads == ["a", "a"] and FakeEngine.closed == ["a"]
+    assert m.loaded()[0].plan.n_ctx == 4096
+    with pytest.raises(ContextUnavailable, match="at most 4096"):
+        m.start_chat(chat("a", num_ctx=8192))
+
+
+def test_num_ctx_smaller_bounds_the_request_without_a_reload(tmp_path: Path) -> None:
+    m = manager(tmp_path, 10 * GB, {"a": GB})
+    long = " ".join(["word"] * 600)
+    with pytest.raises(ContextLengthExceeded, match="maximum context length is 512"):
+        m.start_chat(chat("a", text=long, num_ctx=512))
+    gen = m.start_chat(chat("a", num_ctx=1000))
+    list(gen)
+    assert gen.max_tokens <= 1000 - gen.prompt_tokens and FakeEngine.loads == ["a"]

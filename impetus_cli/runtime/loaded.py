@@ -33,6 +33,17 @@ class Loaded:
     def idle(self) -> bool:
         return self.in_flight == 0 and self.waiting == 0
 
+    def wait_slot(self, timeout: float, cancel: threading.Event | None) -> bool:
+        """Wait up to ``timeout`` seconds for a free slot; give up early once ``cancel`` is set
+        (the client hung up while queued)."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if self.slots.acquire(timeout=min(left, 0.25)):
+                return True
+            if cancel is not None and cancel.is_set():
+                return False
+        return False
+
     def expired(self, now: float) -> bool:
         """Idle for longer than its keep-alive (never when pinned or kept forever)."""
         return (

@@ -31,6 +31,7 @@ from impetus_cli.runtime.metrics import Event, EventBus, Metrics
 from impetus_cli.runtime.prepare import Prepared, prepare_chat, prepare_completion
 from impetus_cli.runtime.resolver import ModelSource, Resolver
 from impetus_cli.runtime.status import ServerStatus
+from impetus_cli.runtime.status_report import server_status
 from impetus_cli.runtime.types import (
     ChatRequest,
     CompletionRequest,
@@ -228,7 +229,7 @@ class ModelManager:
         def prepare(engine: Engine) -> Prepared:
             return prepare_chat(engine, request, self.settings.max_tokens)
 
-        return self._start(request.model, request.keep_alive, prepare, cancel)
+        return self._start(request.model, request.keep_alive, prepare, cancel, request.num_ctx)
 
     def start_completion(
         self, request: CompletionRequest, cancel: threading.Event | None = None
@@ -236,7 +237,7 @@ class ModelManager:
         def prepare(engine: Engine) -> Prepared:
             return prepare_completion(engine, request, self.settings.max_tokens)
 
-        return self._start(request.model, request.keep_alive, prepare, cancel)
+        return self._start(request.model, request.keep_alive, prepare, cancel, request.num_ctx)
 
     def embed(self, model: str, texts: list[str]) -> tuple[list[list[float]], int]:
         entry = self._lease(model, None)
@@ -252,10 +253,13 @@ class ModelManager:
         keep_alive: float | None,
         prepare: Callable[[Engine], Prepared],
         cancel: threading.Event | None,
+        num_ctx: int | None = None,
     ) -> Generation:
         """Lease a slot, prepare the request on its engine, and start the generation; the
         slot goes back when the generation ends (or here, if anything fails first)."""
         cancel = cancel or threading.Event()
+        if num_ctx:
+            self._fit_context(self.resolve(name), num_ctx)
         entry = self._lease(name, keep_alive, cancel)
         try:
             job = prepare(entry.engine)
@@ -279,6 +283,25 @@ class ModelManager:
             self._release(entry)
             raise
 
+    def _fit_context(self, model: LocalModel, num_ctx: int) -> None:
+        """A client asks for more context than the model is loaded with (Ollama's num_ctx):
+        reload it with that context if it fits and the model is idle; never truncate."""
+        if self.plan_model(model).n_ctx >= num_ctx:
+            return
+        self.models.want_context(model, num_ctx)  # raises if it cannot have that much
+        with self._lock:
+            entry = self._loaded.get(model.name)
+            if entry is not None and (not entry.idle or entry.pinned):
+                raise Overloaded(
+                    f"{model.name} is loaded with a {entry.plan.n_ctx}-token context and busy; "
+                    f"num_ctx {num_ctx} needs a reload.",
+                    "Retry when its requests are done.",
+                )
+            if entry is not None:
+                del self._loaded[model.name]
+        if entry is not None:
+            self._close(entry, f"reload with a {num_ctx}-token context")
+
     def _lease(
         self, name: str, keep_alive: float | None, cancel: threading.Event | None = None
     ) -> Loaded:
@@ -291,7 +314,7 @@ class ModelManager:
                 raise Overloaded(
                     f"{entry.model.name} has {entry.waiting} requests waiting.", "Retry shortly."
                 )
-        acquired = self._wait_slot(entry, cancel)
+        acquired = entry.wait_slot(self.settings.queue_timeout, cancel)
         with self._lock:
             entry.waiting -= 1
             if acquired and not entry.closing:
@@ -307,15 +330,6 @@ class ModelManager:
             f"{entry.model.name} is busy: no slot within {self.settings.queue_timeout:.0f} s.",
             "Retry shortly.",
         )
-
-    def _wait_slot(self, entry: Loaded, cancel: threading.Event | None) -> bool:
-        deadline = time.monotonic() + self.settings.queue_timeout
-        while (left := deadline - time.monotonic()) > 0:
-            if entry.slots.acquire(timeout=min(left, 0.25)):
-                return True
-            if cancel is not None and cancel.is_set():
-                return False
-        return False
 
     def _ended(self, entry: Loaded, prompt: int, outcome: Outcome) -> None:
         """A generation's end: the slot goes back, the counters and the event bus hear of it."""
@@ -345,8 +359,7 @@ class ModelManager:
         if unload:
             self._close(entry, "keep_alive 0")
         self._close_if_drained(entry)
-        if entry.model.origin == "impetus":
-            self.store.touch(entry.model.name)
+        self.store.touch(entry.model.name)  # best effort; the store ignores others' models
 
     def _close_if_drained(self, entry: Loaded) -> None:
         with self._lock:
@@ -381,8 +394,6 @@ class ModelManager:
             return list(self._loaded.values())
 
     def status(self) -> ServerStatus:
-        from impetus_cli.runtime.status_report import server_status
-
         return server_status(self, __version__)
 
     def close(self) -> None:
@@ -393,3 +404,4 @@ class ModelManager:
             self._closing.clear()
         for entry in entries:
             self._close(entry, "shutdown")
+        self.store.flush()

@@ -26,6 +26,7 @@ class Prepared:
 
 
 def prepare_chat(engine: Engine, request: ChatRequest, default_max_tokens: int) -> Prepared:
+    """A chat request's prompt through the model's template, and how to read its reply."""
     from impetus_cli.runtime.grammar import grammar_for
     from impetus_cli.runtime.replies import reply_parser
     from impetus_cli.runtime.stops import stop_strings_for
@@ -40,7 +41,8 @@ def prepare_chat(engine: Engine, request: ChatRequest, default_max_tokens: int) 
         grammar=grammar_for(request.response_format) or request.sampling.grammar,
     )
     parser = reply_parser(info.chat_template, info.architecture, tools=tools, prompt=prompt)
-    return Prepared(tokens, _budgeted(engine, tokens, sampling, default_max_tokens), parser)
+    budgeted = _budgeted(engine, tokens, sampling, default_max_tokens, request.num_ctx)
+    return Prepared(tokens, budgeted, parser)
 
 
 def prepare_completion(
@@ -50,16 +52,24 @@ def prepare_completion(
     if request.suffix is not None:
         prompt = fim_prompt(engine, request.prompt, request.suffix)
     tokens = engine.tokenize(prompt)
-    return Prepared(tokens, _budgeted(engine, tokens, request.sampling, default_max_tokens))
+    budgeted = _budgeted(engine, tokens, request.sampling, default_max_tokens, request.num_ctx)
+    return Prepared(tokens, budgeted)
 
 
 def _budgeted(
-    engine: Engine, tokens: list[int], sampling: SamplingParams, default_max_tokens: int
+    engine: Engine,
+    tokens: list[int],
+    sampling: SamplingParams,
+    default_max_tokens: int,
+    num_ctx: int | None,
 ) -> SamplingParams:
+    """The reply's final length: the request's (or the default) within the room the prompt
+    leaves in the context, which a client may narrow (num_ctx) but never widen here."""
     if not tokens:
         raise ImpetusError("The prompt is empty.", param="messages")
     wanted = sampling.max_tokens if sampling.max_tokens is not None else default_max_tokens
-    return replace(sampling, max_tokens=reply_budget(engine.n_ctx, len(tokens), wanted))
+    n_ctx = min(engine.n_ctx, num_ctx) if num_ctx else engine.n_ctx
+    return replace(sampling, max_tokens=reply_budget(n_ctx, len(tokens), wanted))
 
 
 def fim_prompt(engine: Engine, prefix: str, suffix: str) -> str:

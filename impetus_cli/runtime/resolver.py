@@ -22,6 +22,7 @@ class ModelSource(Protocol):
     def list(self) -> list[LocalModel]: ...
     def get(self, name: str) -> LocalModel: ...
     def touch(self, name: str) -> None: ...
+    def flush(self) -> None: ...
 
 
 class Resolver:
@@ -37,7 +38,8 @@ class Resolver:
         self.budget, self.allow_paths = budget, allow_paths
         self._lock = threading.Lock()
         self._infos: dict[Path, ModelInfo] = {}
-        self._plans: dict[tuple[Path, int], LoadPlan] = {}
+        self._plans: dict[tuple[Path, int, int | None], LoadPlan] = {}
+        self._contexts: dict[str, int] = {}  # contexts clients asked for (num_ctx), per model
 
     def available(self) -> list[LocalModel]:
         return self.store.list()
@@ -88,16 +90,33 @@ class Resolver:
                 self._infos[model.path] = known
         return known
 
-    def plan(self, model: LocalModel) -> LoadPlan:
-        """How the model would load now; depends only on its file and the budget."""
+    def want_context(self, model: LocalModel, num_ctx: int) -> None:
+        """A client asked for ``num_ctx`` tokens of context (Ollama's num_ctx): the model's
+        next load plans with it, if it can have that much here."""
+        from impetus_cli.errors import ContextUnavailable
+
+        plan = self.plan(model, ctx=num_ctx)
+        if plan.n_ctx < num_ctx:
+            raise ContextUnavailable(model.name, num_ctx, plan.n_ctx)
+        with self._lock:
+            self._contexts[model.name] = num_ctx
+
+    def plan(self, model: LocalModel, ctx: int | None = None) -> LoadPlan:
+        """How the model would load now, with ``ctx`` tokens of context, else the one a client
+        asked for, else the settings' (capped by what fits and what it was trained for)."""
+        from dataclasses import replace
+
         from impetus_cli.runtime.tuning import plan_load
 
+        with self._lock:
+            ctx = ctx or self._contexts.get(model.name)
         info, budget = self.info(model), self.budget()
-        key = (model.path, budget)
+        key = (model.path, budget, ctx)
         with self._lock:
             known = self._plans.get(key)
         if known is None:
-            known = plan_load(model, info, self.hardware, self.settings, budget)
+            settings = self.settings if ctx is None else replace(self.settings, ctx=ctx)
+            known = plan_load(model, info, self.hardware, settings, budget)
             with self._lock:
                 self._plans[key] = known
         return known

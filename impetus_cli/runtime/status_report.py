@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Protocol
 
-from impetus_cli.runtime.metrics import BUCKET_S, WINDOW_S
+from impetus_cli.runtime.loaded import Loaded
+from impetus_cli.runtime.metrics import BUCKET_S, WINDOW_S, Metrics
 from impetus_cli.runtime.status import ModelStatus, ServerStatus, Throughput
-
-if TYPE_CHECKING:
-    from impetus_cli.runtime.manager import Loaded, ModelManager
+from impetus_cli.runtime.types import HardwareProfile
 
 
-def model_status(manager: ModelManager, e: Loaded, now: float) -> ModelStatus:
+class Source(Protocol):
+    """What a status snapshot is made from (the ModelManager)."""
+
+    hardware: HardwareProfile
+    metrics: Metrics
+    memory_probe: Callable[[], int]
+
+    def loaded(self) -> list[Loaded]: ...
+
+
+def model_status(manager: Source, e: Loaded, now: float) -> ModelStatus:
     snap = manager.metrics.model_snapshot(e.model.name)
     expires = None if e.pinned or e.keep_alive < 0 else max(0.0, e.keep_alive - (now - e.last_used))
     return ModelStatus(
@@ -38,11 +48,11 @@ def model_status(manager: ModelManager, e: Loaded, now: float) -> ModelStatus:
         cache_hit_rate=snap["cache_hit_rate"],
         tps_recent=snap["tps_recent"],
         loop_stops=snap["loop_stops"],
-        failure=getattr(e.engine, "failure", None),
+        failure=e.engine.failure,
     )
 
 
-def server_status(manager: ModelManager, version: str) -> ServerStatus:
+def server_status(manager: Source, version: str) -> ServerStatus:
     import psutil
 
     from impetus_cli.runtime.hardware import as_dict

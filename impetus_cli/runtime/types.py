@@ -275,6 +275,9 @@ class ChatRequest:
     keep_alive: float | None = None
     response_format: Mapping[str, Any] | None = None
     reasoning: Reasoning = field(default_factory=Reasoning)
+    # The context the client asks for (Ollama's num_ctx): smaller than the loaded one bounds
+    # this request; larger reloads the model with it when it fits, else a clear 400.
+    num_ctx: int | None = None
 
 
 @dataclass(frozen=True)
@@ -286,6 +289,7 @@ class CompletionRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     suffix: str | None = None
     keep_alive: float | None = None
+    num_ctx: int | None = None  # as ChatRequest.num_ctx
 
 
 @dataclass(frozen=True)

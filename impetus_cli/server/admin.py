@@ -23,11 +23,7 @@ async def health(request: web.Request) -> web.Response:
     """``ok``, or ``degraded`` with each engine's last unexpected failure (the engine keeps
     serving; a later success clears it)."""
     manager = request.app[MANAGER]
-    failures = {
-        e.model.name: failure
-        for e in manager.loaded()
-        if (failure := getattr(e.engine, "failure", None))
-    }
+    failures = {e.model.name: failure for e in manager.loaded() if (failure := e.engine.failure)}
     return json_response(
         {
             "status": "degraded" if failures else "ok",
