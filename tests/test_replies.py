@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from impetus_cli.runtime.replies import reply_parser
+from impetus_cli.runtime.replies import preserved_markers, reply_parser
 from impetus_cli.runtime.replies.syntax import write_call
 from impetus_cli.runtime.types import ToolSpec
 
@@ -333,3 +333,15 @@ def test_a_reply_cut_inside_a_call_drops_it_and_leaks_no_call_text(case: str) ->
     assert out.cut and out.calls == []
     assert out.content in ("Reading.\n", "Reading.", "")
     assert "read_f" not in out.content and "path" not in out.content
+
+
+def test_the_markers_an_engine_must_render_for_each_family() -> None:
+    assert "<|channel|>" in preserved_markers(template("gpt-oss"), "gpt-oss")
+    assert preserved_markers(template("qwen3"), "qwen3") == (
+        "<tool_call>",
+        "</tool_call>",
+        "<think>",
+        "</think>",
+    )
+    assert "[ARGS]" in preserved_markers(template("devstral"), "llama")
+    assert "<|tool_call_argument_begin|>" in preserved_markers(template("kimi-k2"), "deepseek2")

@@ -141,3 +141,35 @@ def test_the_server_answers_the_crashing_schema_with_a_400_and_keeps_serving(
         response_format=fmt(SCHEMA),  # type: ignore[arg-type]
     )
     assert conforms(json.loads(reply.choices[0].message.content or ""))
+
+
+def test_a_clients_own_grammar_is_bounded_and_token_references_are_refused() -> None:
+    from impetus_cli.runtime.grammar import JSON_OBJECT, user_grammar
+    from impetus_cli.runtime.tool_grammar import tool_call_grammar
+    from impetus_cli.runtime.types import ToolSpec
+
+    # Token references made llama.cpp abort the process on the tiny model (a sampled token
+    # that did not fit): refused before llama.cpp sees them.
+    for bad in ('root ::= <[4]> "ok"', 'root ::= <|im_end|> "x"', 'root ::= "a" <think>'):
+        with pytest.raises(ImpetusError, match="Token references") as err:
+            user_grammar(bad)
+        assert err.value.param == "grammar"
+    with pytest.raises(ImpetusError, match="larger than"):
+        user_grammar('root ::= "' + "x" * 600_000 + '"')
+    # '<' inside literals, classes and comments is text, as in every grammar we write.
+    tool = ToolSpec("f", "", {"type": "object", "properties": {"a": {"type": "string"}}})
+    ours = [JSON_OBJECT, grammar_for(fmt(SCHEMA)) or ""] + [
+        tool_call_grammar(d, [tool], "required", parallel=True)
+        for d in (
+            "hermes",
+            "qwen3-coder",
+            "glm",
+            "harmony",
+            "deepseek",
+            "kimi",
+            "mistral",
+            "llama3",
+        )
+    ]
+    for grammar in [*ours, 'root ::= "<a>" [<>] # a <comment>\n']:
+        assert user_grammar(grammar) == grammar

@@ -46,3 +46,40 @@ def grammar_for(response_format: Mapping[str, Any] | None) -> str | None:
         "Use text, json_object or json_schema.",
         param="response_format",
     )
+
+
+GRAMMAR_BYTES = 512 * 1024  # as json_grammar's bound on the grammars it writes
+
+
+def user_grammar(text: str) -> str:
+    """A client's own GBNF (llama-server's ``grammar`` field), checked before llama.cpp sees
+    it: bounded in size, and without token references (``<[id]>``, ``<|name|>``), which make
+    llama.cpp abort the whole process when a sampled token does not fit them."""
+    if len(text.encode()) > GRAMMAR_BYTES:
+        raise ImpetusError(f"The grammar is larger than {GRAMMAR_BYTES} bytes.", param="grammar")
+    if _token_reference(text):
+        raise ImpetusError(
+            "Token references (<[id]> or <token>) are not supported in grammars.",
+            "Write the token's text as a string literal instead.",
+            param="grammar",
+        )
+    return text
+
+
+def _token_reference(text: str) -> bool:
+    """True if a '<' stands outside string literals, character classes and comments."""
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch in '"[':
+            close = '"' if ch == '"' else "]"
+            i += 1
+            while i < n and text[i] != close:
+                i += 2 if text[i] == "\\" else 1
+        elif ch == "#":
+            while i < n and text[i] != "\n":
+                i += 1
+        elif ch == "<":
+            return True
+        i += 1
+    return False

@@ -30,6 +30,7 @@ __all__ = [
     "ReplyParser",
     "new_call_id",
     "parse_json_calls",
+    "preserved_markers",
     "reasoning_tags",
     "reply_parser",
     "tool_dialect",
@@ -87,6 +88,56 @@ def reasoning_tags(template: str | None, architecture: str) -> tuple[str, str] |
     if not text and architecture.lower() in _THINKING_ARCHS:
         return TAGS["think"]
     return None
+
+
+# The markers each dialect's parser reads. Several are control tokens in their models'
+# vocabularies, which a detokenizer drops unless told to render special tokens.
+MARKERS = {
+    "hermes": ("<tool_call>", "</tool_call>"),
+    "qwen3-coder": ("<tool_call>", "</tool_call>", "<function=", "</function>"),
+    "glm": (
+        "<tool_call>",
+        "</tool_call>",
+        "<arg_key>",
+        "</arg_key>",
+        "<arg_value>",
+        "</arg_value>",
+    ),
+    "harmony": (
+        "<|start|>",
+        "<|channel|>",
+        "<|message|>",
+        "<|constrain|>",
+        "<|end|>",
+        "<|call|>",
+        "<|return|>",
+    ),
+    "deepseek": (
+        "<｜tool▁calls▁begin｜>",
+        "<｜tool▁calls▁end｜>",
+        "<｜tool▁call▁begin｜>",
+        "<｜tool▁call▁end｜>",
+        "<｜tool▁sep｜>",
+    ),
+    "kimi": (
+        "<|tool_calls_section_begin|>",
+        "<|tool_calls_section_end|>",
+        "<|tool_call_begin|>",
+        "<|tool_call_end|>",
+        "<|tool_call_argument_begin|>",
+    ),
+    "mistral": ("[TOOL_CALLS]", "[ARGS]", "[CALL_ID]"),
+    "mistral-json": ("[TOOL_CALLS]",),
+    "llama3": ("<|python_tag|>",),
+}
+
+
+def preserved_markers(template: str | None, architecture: str) -> tuple[str, ...]:
+    """The marker texts the reply parser must see in the generated text. An engine renders a
+    generated token whose text is one of these even when it is a control token (as
+    llama-server's "preserved tokens" do); other control tokens stay unrendered."""
+    tags = reasoning_tags(template, architecture) or ()
+    return MARKERS[tool_dialect(template, architecture)] + tuple(tags)
 
 
 class ReplyParser:
