@@ -245,7 +245,8 @@ def test_arguments_stream_member_by_member() -> None:
         (None, '{"path": "a.py"'),
     ]
     more = parser.feed("<parameter=limit>\n5\n</parameter>\n</function>\n</tool_call>")
-    assert "".join(d.arguments for d in more.tool_call_deltas) == ', "limit": 5}'
+    # Fragments that complete in the same piece come as one.
+    assert [d.arguments for d in more.tool_call_deltas] == [', "limit": 5}']
     assert more.tool_calls[0].arguments == '{"path": "a.py", "limit": 5}'
 
 
@@ -345,3 +346,15 @@ def test_the_markers_an_engine_must_render_for_each_family() -> None:
     )
     assert "[ARGS]" in preserved_markers(template("devstral"), "llama")
     assert "<|tool_call_argument_begin|>" in preserved_markers(template("kimi-k2"), "deepseek2")
+
+
+def test_other_reasoning_markers_magistral_and_seed() -> None:
+    magistral = "{{ '[SYSTEM_PROMPT]' }}[THINK]...[/THINK][TOOL_CALLS]{{ name }}[ARGS]{{ args }}"
+    parser = reply_parser(magistral, "mistral3", tools=TOOLS)
+    text = "[THINK]Read it first.[/THINK]Reading." + write_call("mistral", *READ)
+    delta = parser.feed(text) + parser.finish("stop")
+    assert (delta.reasoning, delta.content) == ("Read it first.", "Reading.")
+    assert [(c.name, json.loads(c.arguments)) for c in parser.calls] == [READ]
+    seed = reply_parser("<seed:think>{{ x }}</seed:think><tool_call>", "seed_oss", tools=False)
+    delta = seed.feed("<seed:think>Hmm.</seed:think>Hi") + seed.finish("stop")
+    assert (delta.reasoning, delta.content) == ("Hmm.", "Hi")

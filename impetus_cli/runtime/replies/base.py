@@ -48,7 +48,19 @@ class Acc:
     calls: list[ToolCall] = field(default_factory=list)
 
     def delta(self) -> ReplyDelta:
-        return ReplyDelta("".join(self.content), "", tuple(self.deltas), tuple(self.calls))
+        return ReplyDelta("".join(self.content), "", _joined(self.deltas), tuple(self.calls))
+
+
+def _joined(deltas: list[ToolCallDelta]) -> tuple[ToolCallDelta, ...]:
+    """Argument fragments of one call that arrived in the same piece, as one fragment."""
+    out: list[ToolCallDelta] = []
+    for d in deltas:
+        prev = out[-1] if out else None
+        if prev and d.id is None and prev.id is None and prev.index == d.index:
+            out[-1] = ToolCallDelta(d.index, arguments=prev.arguments + d.arguments)
+        else:
+            out.append(d)
+    return tuple(out)
 
 
 def new_call_id() -> str:
