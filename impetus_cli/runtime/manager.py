@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 
 from impetus_cli import __version__
-from impetus_cli.errors import Overloaded, RequestCancelled
+from impetus_cli.errors import ContextLengthExceeded, Overloaded, RequestCancelled
 from impetus_cli.runtime.config import Settings
 from impetus_cli.runtime.engines.base import Engine
 from impetus_cli.runtime.generation import Generation, Outcome
@@ -238,6 +238,18 @@ class ModelManager:
             return prepare_completion(engine, request, self.settings.max_tokens)
 
         return self._start(request.model, request.keep_alive, prepare, cancel, request.num_ctx)
+
+    def count_chat_tokens(self, request: ChatRequest, cancel: threading.Event | None = None) -> int:
+        """The prompt tokens ``request`` takes on its model (count_tokens endpoints): prepared
+        exactly as ``start_chat`` prepares it, nothing evaluated. A prompt over the context is
+        counted all the same: clients ask in order to trim."""
+        entry = self._lease(request.model, request.keep_alive, cancel)
+        try:
+            return len(prepare_chat(entry.engine, request, self.settings.max_tokens).tokens)
+        except ContextLengthExceeded as exc:
+            return exc.n_prompt
+        finally:
+            self._release(entry)
 
     def embed(self, model: str, texts: list[str]) -> tuple[list[list[float]], int]:
         entry = self._lease(model, None)
