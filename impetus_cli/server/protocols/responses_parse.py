@@ -1,0 +1,389 @@
+"""OpenAI Responses (``POST /v1/responses``): JSON -> a ChatRequest and what the reply repeats.
+
+Pure functions over a ResponseStore (for ``previous_response_id`` and ``item_reference``).
+Codex sends the whole history as ``input`` items with ``store: false``; other clients chain
+turns with ``previous_response_id``. Tools the model cannot call here (``web_search`` and the
+other hosted tools) are left out of what it sees; forcing one is a clear 400. Tools grouped in
+a ``namespace`` reach the model under one flat name each, and its calls go back to the client
+under their namespace, as the client registered them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from impetus_cli.errors import ImpetusError
+from impetus_cli.runtime.types import ChatRequest, Reasoning, SamplingParams, ToolSpec
+from impetus_cli.server.protocols import responses_items as items
+from impetus_cli.server.protocols.fields import (
+    MAX_MESSAGES,
+    bad,
+    flag,
+    integer,
+    keep_alive,
+    max_tokens,
+    model_id,
+    number,
+    obj,
+    stop_list,
+    text,
+)
+from impetus_cli.server.protocols.openai_parse import tool_spec
+from impetus_cli.server.protocols.responses_items import ToolName
+from impetus_cli.server.protocols.responses_store import Item, ResponseStore
+
+EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
+# Tools that OpenAI runs on its side; the model here cannot call them.
+HOSTED_TOOLS = frozenset(
+    {
+        "web_search",
+        "web_search_preview",
+        "web_search_preview_2025_03_11",
+        "web_search_2025_08_26",
+        "file_search",
+        "code_interpreter",
+        "image_generation",
+        "computer",
+        "computer_use",
+        "computer_use_preview",
+        "mcp",
+        "local_shell",
+        "shell",
+        "apply_patch",
+        "tool_search",
+    }
+)
+
+
+class PreviousResponseNotFound(ImpetusError):
+    code = "previous_response_not_found"
+
+
+@dataclass(frozen=True)
+class ResponsesCall:
+    """One parsed request: the chat request, and what the Response object repeats back."""
+
+    chat: ChatRequest
+    stream: bool
+    store: bool
+    input_items: tuple[Item, ...]  # this request's own items (kept with the response)
+    previous_response_id: str | None
+    echo: Mapping[str, Any]  # request fields every Response object carries
+    tool_names: Mapping[str, ToolName] = field(default_factory=dict)
+    include: frozenset[str] = frozenset()
+
+
+def responses_request(body: Any, store: ResponseStore | None = None) -> ResponsesCall:
+    body = obj(body, "body")
+    _refuse_unsupported(body)
+    specs, names = tools(body.get("tools"))
+    specs, choice = tool_choice(body.get("tool_choice"), specs, names)
+    previous = text(body, "previous_response_id")
+    own = own_items(body.get("input"), store, required=previous is None)
+    history = _history(previous, store) + list(own)
+    if len(history) > MAX_MESSAGES:
+        raise bad(f"'input' holds more than {MAX_MESSAGES} items.", "input")
+    instructions = text(body, "instructions")
+    messages = items.messages(history, names, instructions)
+    sampling = _sampling(body)
+    chat = ChatRequest(
+        model=model_id(body),
+        messages=tuple(messages),
+        sampling=sampling,
+        tools=specs,
+        tool_choice=choice,
+        keep_alive=keep_alive(body),
+        response_format=text_format(body.get("text")),
+        reasoning=reasoning(body.get("reasoning")),
+    )
+    return ResponsesCall(
+        chat=chat,
+        stream=flag(body, "stream"),
+        store=flag(body, "store", default=True),
+        input_items=tuple(own),
+        previous_response_id=previous,
+        echo=_echo(body, sampling, instructions),
+        tool_names=names,
+        include=_include(body.get("include")),
+    )
+
+
+def _refuse_unsupported(body: Mapping[str, Any]) -> None:
+    """Features that would silently do something else here: refused, with what to do."""
+    if body.get("background") is True:
+        raise bad(
+            "Background responses are not supported; send the request and wait, or stream it.",
+            "background",
+        )
+    if body.get("conversation") is not None:
+        raise bad(
+            "Conversations are not supported; chain turns with previous_response_id or "
+            "send the history in 'input'.",
+            "conversation",
+        )
+    if body.get("prompt") is not None:
+        raise bad(
+            "Stored prompt templates are not supported; send 'instructions' and 'input'.", "prompt"
+        )
+    if body.get("truncation") not in (None, "auto", "disabled"):
+        raise bad("'truncation' must be auto or disabled.", "truncation")
+
+
+def _history(previous: str | None, store: ResponseStore | None) -> list[Item]:
+    if previous is None:
+        return []
+    found = store.conversation(previous) if store is not None else None
+    if found is None:
+        raise PreviousResponseNotFound(
+            f"Previous response with id '{previous}' not found.",
+            "Responses are kept in memory while the server runs (store: true), a bounded "
+            "number of them; send the whole history in 'input' instead.",
+            param="previous_response_id",
+        )
+    return found
+
+
+def own_items(value: Any, store: ResponseStore | None, *, required: bool) -> list[Item]:
+    """``input`` as a list of items: a string is one user message; ``item_reference``s are
+    replaced by the stored items they name."""
+    if value is None and not required:
+        return []
+    if isinstance(value, str):
+        return [{"type": "message", "role": "user", "content": value}]
+    if not isinstance(value, list) or (required and not value):
+        raise bad("'input' must be a string or a non-empty array of items.", "input")
+    if len(value) > MAX_MESSAGES:
+        raise bad(f"'input' holds more than {MAX_MESSAGES} items.", "input")
+    out = []
+    for i, raw in enumerate(value):
+        item = obj(raw, f"input[{i}]")
+        if item.get("type") == "item_reference":
+            item = _referenced(item, store, f"input[{i}]")
+        out.append(item)
+    return out
+
+
+def _referenced(item: Mapping[str, Any], store: ResponseStore | None, param: str) -> Item:
+    ref = item.get("id")
+    found = store.find_item(ref) if store is not None and isinstance(ref, str) else None
+    if found is None:
+        raise bad(f"Item with id {ref!r} not found among the stored responses.", f"{param}.id")
+    return found
+
+
+def tools(value: Any) -> tuple[tuple[ToolSpec, ...], dict[str, ToolName]]:
+    """The tools the model sees, and how each of its names maps back to the client's."""
+    if value is None:
+        return (), {}
+    if not isinstance(value, list):
+        raise bad("'tools' must be an array.", "tools")
+    specs: list[ToolSpec] = []
+    names: dict[str, ToolName] = {}
+    for i, raw in enumerate(value):
+        tool = obj(raw, f"tools[{i}]")
+        kind = tool.get("type")
+        if kind == "namespace":
+            _namespace(tool, f"tools[{i}]", specs, names)
+        elif kind in ("function", "custom"):
+            _add(_tool(tool, None, f"tools[{i}]"), specs, names, f"tools[{i}]")
+        elif not isinstance(kind, str):
+            raise bad("Every tool needs a 'type'.", f"tools[{i}].type")
+        # else: a hosted tool (web_search, file_search, mcp ...): not the model's to call here
+    return tuple(specs), names
+
+
+def _namespace(
+    tool: Mapping[str, Any], param: str, specs: list[ToolSpec], names: dict[str, ToolName]
+) -> None:
+    space = tool.get("name")
+    inner = tool.get("tools")
+    if not isinstance(space, str) or not space or not isinstance(inner, list):
+        raise bad("A namespace needs a 'name' and an array of 'tools'.", param)
+    for j, raw in enumerate(inner):
+        sub = obj(raw, f"{param}.tools[{j}]")
+        if sub.get("type", "function") in ("function", "custom"):
+            _add(_tool(sub, space, f"{param}.tools[{j}]"), specs, names, f"{param}.tools[{j}]")
+
+
+def _tool(tool: Mapping[str, Any], space: str | None, param: str) -> tuple[ToolSpec, ToolName]:
+    name = tool.get("name")
+    if not isinstance(name, str):
+        raise bad("A tool needs a string 'name'.", f"{param}.name")
+    custom = tool.get("type") == "custom"
+    flat = items.flat_name(space, name)
+    if not custom:
+        spec = tool_spec(flat, tool.get("description"), tool.get("parameters"), param)
+        return spec, ToolName(name, space)
+    # A custom (freeform) tool takes one text; a model that calls functions passes it as one
+    # string argument, and the call goes back as a custom_tool_call with that text.
+    description = str(tool.get("description") or "")
+    schema = {
+        "type": "object",
+        "properties": {items.CUSTOM_INPUT: {"type": "string", "description": "The tool's input."}},
+        "required": [items.CUSTOM_INPUT],
+    }
+    return tool_spec(flat, description, schema, param), ToolName(name, space, custom=True)
+
+
+def _add(
+    pair: tuple[ToolSpec, ToolName], specs: list[ToolSpec], names: dict[str, ToolName], param: str
+) -> None:
+    spec, name = pair
+    if spec.name in names:
+        raise bad(f"Two tools are named {spec.name!r}.", f"{param}.name")
+    specs.append(spec)
+    names[spec.name] = name
+
+
+def tool_choice(
+    value: Any, specs: tuple[ToolSpec, ...], names: Mapping[str, ToolName]
+) -> tuple[tuple[ToolSpec, ...], str | None]:
+    """The tools left and the runtime's choice: auto, none, required or one tool's name."""
+    if value is None or value in ("auto", "none", "required"):
+        if value == "required" and not specs:
+            raise bad("tool_choice 'required' needs at least one function tool.", "tool_choice")
+        return specs, value
+    choice = obj(value, "tool_choice")
+    kind = choice.get("type")
+    if kind in ("function", "custom"):
+        return specs, _named(choice, names)
+    if kind == "allowed_tools":
+        return _allowed(choice, specs, names)
+    if kind in HOSTED_TOOLS:
+        raise bad(
+            f"tool_choice forces the hosted tool {kind!r}, which this server does not run.",
+            "tool_choice",
+        )
+    raise bad(
+        "'tool_choice' must be auto, none, required, a function, a custom tool or allowed_tools.",
+        "tool_choice",
+    )
+
+
+def _named(choice: Mapping[str, Any], names: Mapping[str, ToolName]) -> str:
+    name, space = choice.get("name"), choice.get("namespace")
+    if isinstance(name, str):
+        if isinstance(space, str) and items.flat_name(space, name) in names:
+            return items.flat_name(space, name)
+        if name in names:
+            return name
+        flat = [k for k, v in names.items() if v.name == name]
+        if len(flat) == 1:
+            return flat[0]
+    raise bad(f"tool_choice names {name!r}, which is not among the tools.", "tool_choice.name")
+
+
+def _allowed(
+    choice: Mapping[str, Any], specs: tuple[ToolSpec, ...], names: Mapping[str, ToolName]
+) -> tuple[tuple[ToolSpec, ...], str | None]:
+    mode = choice.get("mode", "auto")
+    listed = choice.get("tools")
+    if mode not in ("auto", "required") or not isinstance(listed, list):
+        raise bad(
+            "allowed_tools needs 'mode' (auto or required) and a 'tools' array.", "tool_choice"
+        )
+    keep = {
+        _named(obj(t, "tool_choice.tools[]"), names)
+        for t in listed
+        if isinstance(t, Mapping) and t.get("type") in ("function", "custom")
+    }
+    left = tuple(s for s in specs if s.name in keep)
+    if mode == "required" and not left:
+        raise bad("allowed_tools requires a call but allows no function tool.", "tool_choice")
+    return left, mode
+
+
+def text_format(value: Any) -> Mapping[str, Any] | None:
+    """``text.format`` as the runtime's ``response_format`` (the chat API's shape)."""
+    if value is None:
+        return None
+    fmt = obj(value, "text").get("format")
+    if fmt is None:
+        return None
+    fmt = obj(fmt, "text.format")
+    kind = fmt.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "json_object"}
+    if kind == "json_schema":
+        schema = obj(fmt.get("schema"), "text.format.schema")
+        spec = {
+            "name": fmt.get("name") or "response",
+            "schema": schema,
+            "strict": fmt.get("strict") is True,
+        }
+        return {"type": "json_schema", "json_schema": spec}
+    raise bad("'text.format.type' must be text, json_object or json_schema.", "text.format.type")
+
+
+def reasoning(value: Any) -> Reasoning:
+    if value is None:
+        return Reasoning()
+    effort = obj(value, "reasoning").get("effort")
+    if effort is None:
+        return Reasoning()
+    if effort not in EFFORTS:
+        raise bad(f"'reasoning.effort' must be one of {', '.join(EFFORTS)}.", "reasoning.effort")
+    if effort == "none":
+        return Reasoning(enabled=False)
+    return Reasoning(enabled=True, effort="high" if effort == "xhigh" else effort)
+
+
+def _sampling(body: Mapping[str, Any]) -> SamplingParams:
+    """OpenAI's sampling fields, and llama-server's extensions that map onto ours."""
+    defaults = SamplingParams()
+    seed = integer(body, "seed", -(2**63), 2**63 - 1)
+    top_k = integer(body, "top_k", 0, 100_000)
+    return SamplingParams(
+        max_tokens=max_tokens(body, "max_output_tokens"),
+        temperature=number(body, "temperature", 0, 2, defaults.temperature) or 0.0,
+        top_p=number(body, "top_p", 0, 1, defaults.top_p) or defaults.top_p,
+        top_k=top_k if top_k is not None else defaults.top_k,
+        min_p=number(body, "min_p", 0, 1, defaults.min_p) or 0.0,
+        seed=seed,
+        stop=stop_list(body.get("stop"), "stop"),
+    )
+
+
+def _include(value: Any) -> frozenset[str]:
+    if value is None:
+        return frozenset()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise bad("'include' must be an array of strings.", "include")
+    return frozenset(value)
+
+
+def _echo(
+    body: Mapping[str, Any], sampling: SamplingParams, instructions: str | None
+) -> dict[str, Any]:
+    """What a Response object repeats of its request (clients and SDKs read these back)."""
+    metadata = body.get("metadata")
+    if metadata is not None:
+        obj(metadata, "metadata")
+    raw = body.get("reasoning")
+    reason: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
+    return {
+        "instructions": instructions,
+        "max_output_tokens": sampling.max_tokens,
+        "metadata": dict(metadata or {}),
+        "parallel_tool_calls": flag(body, "parallel_tool_calls", default=True),
+        "previous_response_id": body.get("previous_response_id"),
+        "prompt_cache_key": body.get("prompt_cache_key"),
+        "reasoning": {"effort": reason.get("effort"), "summary": reason.get("summary")},
+        "store": flag(body, "store", default=True),
+        "temperature": sampling.temperature,
+        "text": {"format": _format_echo(body.get("text"))},
+        "tool_choice": body.get("tool_choice") or "auto",
+        "tools": list(body.get("tools") or []),
+        "top_p": sampling.top_p,
+        "truncation": body.get("truncation") or "disabled",
+        "user": body.get("user"),
+    }
+
+
+def _format_echo(value: Any) -> Any:
+    fmt = value.get("format") if isinstance(value, Mapping) else None
+    return fmt if isinstance(fmt, Mapping) else {"type": "text"}
