@@ -11,7 +11,7 @@ from impetus_cli.errors import ImpetusError
 from impetus_cli.runtime.engines.base import Engine
 from impetus_cli.runtime.limits import reply_budget
 from impetus_cli.runtime.replies import ReplyParser
-from impetus_cli.runtime.types import ChatRequest, CompletionRequest, SamplingParams
+from impetus_cli.runtime.types import ChatRequest, CompletionRequest, SamplingParams, ToolSpec
 
 
 @dataclass(frozen=True)
@@ -26,23 +26,62 @@ class Prepared:
 
 
 def prepare_chat(engine: Engine, request: ChatRequest, default_max_tokens: int) -> Prepared:
-    """A chat request's prompt through the model's template, and how to read its reply."""
-    from impetus_cli.runtime.grammar import grammar_for
+    """A chat request's prompt through the model's own template (tools, reasoning options),
+    the grammar that enforces a forced tool choice or a response format, and the parser that
+    reads the reply in the model's own tool-call and reasoning syntax."""
     from impetus_cli.runtime.replies import reply_parser
     from impetus_cli.runtime.stops import stop_strings_for
+    from impetus_cli.runtime.templates import render_chat
 
-    info = engine.info
+    info, template = engine.info, engine.chat_template
     tools = request.tools if request.tool_choice != "none" else ()
-    prompt = engine.render(request.messages, tools)
+    prompt = render_chat(
+        request.messages,
+        tools,
+        template=template,
+        architecture=info.architecture,
+        bos_token=engine.special_text.bos,
+        eos_token=engine.special_text.eos,
+        reasoning=request.reasoning,
+    )
     tokens = engine.tokenize(prompt)
     sampling = replace(
         request.sampling,
-        stop=request.sampling.stop + stop_strings_for(info.architecture, info.chat_template),
-        grammar=grammar_for(request.response_format) or request.sampling.grammar,
+        stop=request.sampling.stop + stop_strings_for(info.architecture, template),
+        grammar=_grammar(request, tools, template, info.architecture, prompt),
     )
-    parser = reply_parser(info.chat_template, info.architecture, tools=tools, prompt=prompt)
+    parser = reply_parser(template, info.architecture, tools=tools, prompt=prompt)
     budgeted = _budgeted(engine, tokens, sampling, default_max_tokens, request.num_ctx)
     return Prepared(tokens, budgeted, parser)
+
+
+def _grammar(
+    request: ChatRequest,
+    tools: tuple[ToolSpec, ...],
+    template: str | None,
+    architecture: str,
+    prompt: str,
+) -> str | None:
+    """The request's own grammar; or one that makes a forced tool choice ("required" or a
+    named function) a call in the model's own syntax; or the response format's."""
+    from impetus_cli.runtime.grammar import grammar_for
+    from impetus_cli.runtime.replies import reasoning_tags, tool_dialect
+    from impetus_cli.runtime.tool_grammar import tool_call_grammar
+
+    if request.sampling.grammar:
+        return request.sampling.grammar
+    choice = request.tool_choice
+    if tools and choice not in (None, "auto", "none"):
+        tags = reasoning_tags(template, architecture)
+        inside = tags is not None and prompt.rstrip().endswith(tags[0])
+        return tool_call_grammar(
+            tool_dialect(template, architecture),
+            tools,
+            str(choice),
+            parallel=request.parallel_tool_calls,
+            prefix=tags[1] if tags and inside else "",
+        )
+    return grammar_for(request.response_format)
 
 
 def prepare_completion(
@@ -74,15 +113,12 @@ def _budgeted(
 
 def fim_prompt(engine: Engine, prefix: str, suffix: str) -> str:
     """A fill-in-the-middle prompt in the model's own tokens (prefix, suffix, middle)."""
-    specials: dict[str, int] = getattr(engine, "special_tokens", {})
-    text = getattr(engine, "token_text", None)
-    ids = [specials.get(k, -1) for k in ("fim_pre", "fim_suf", "fim_mid")]
-    if text is None or min(ids) < 0:
+    special = engine.special_text
+    if not special.has_fim:
         raise ImpetusError(
             f"{engine.info.name or 'This model'} has no fill-in-the-middle tokens, so `suffix` "
             "is not supported.",
             "Send the prompt without a suffix, or use a code model such as qwen2.5-coder.",
             param="suffix",
         )
-    pre, suf, mid = (text(i) for i in ids)
-    return f"{pre}{prefix}{suf}{suffix}{mid}"
+    return f"{special.fim_prefix}{prefix}{special.fim_suffix}{suffix}{special.fim_middle}"

@@ -272,6 +272,7 @@ class ChatRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     tools: tuple[ToolSpec, ...] = ()
     tool_choice: str | None = None  # "auto", "none", "required" or a function name
+    parallel_tool_calls: bool = True  # a forced choice may make several calls in one reply
     keep_alive: float | None = None
     response_format: Mapping[str, Any] | None = None
     reasoning: Reasoning = field(default_factory=Reasoning)

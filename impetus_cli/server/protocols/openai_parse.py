@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from impetus_cli.runtime.limits import check_grammar
 from impetus_cli.runtime.types import (
     ChatMessage,
     ChatRequest,
@@ -87,7 +88,18 @@ def sampling(body: Mapping[str, Any], *, legacy: bool = False) -> SamplingParams
         logit_bias=_logit_bias(body.get("logit_bias")),
         logprobs=_logprobs(body, legacy),
         ignore_eos=flag(body, "ignore_eos"),
+        grammar=_grammar(body),
     )
+
+
+def _grammar(body: Mapping[str, Any]) -> str | None:
+    """llama-server's ``grammar`` extension: a GBNF grammar the reply must follow."""
+    grammar = body.get("grammar")
+    if grammar is None:
+        return None
+    if not isinstance(grammar, str):
+        raise bad("'grammar' must be a GBNF grammar (a string).", "grammar")
+    return check_grammar(grammar)
 
 
 def _logit_bias(value: Any) -> dict[int, float] | None:
@@ -245,21 +257,30 @@ def reasoning(body: Mapping[str, Any]) -> Reasoning:
     return Reasoning(enabled=effort != "none", effort=None if effort == "none" else effort)
 
 
+def response_format(body: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """OpenAI's ``response_format``, or llama-server's ``json_schema`` extension."""
+    fmt = body.get("response_format")
+    if fmt is not None:
+        return obj(fmt, "response_format")
+    schema = body.get("json_schema")
+    if schema is not None:
+        return {"type": "json_schema", "json_schema": {"schema": obj(schema, "json_schema")}}
+    return None
+
+
 def chat_request(body: Any) -> ChatRequest:
     body = obj(body, "body")
     specs = tools(body.get("tools"))
     choice = tool_choice(body.get("tool_choice"), specs)
-    fmt = body.get("response_format")
-    if fmt is not None:
-        obj(fmt, "response_format")
     return ChatRequest(
         model=model_id(body),
         messages=messages(body.get("messages")),
         sampling=sampling(body),
         tools=specs,
         tool_choice=choice,
+        parallel_tool_calls=flag(body, "parallel_tool_calls", True),
         keep_alive=keep_alive(body),
-        response_format=fmt,
+        response_format=response_format(body),
         reasoning=reasoning(body),
     )
 
