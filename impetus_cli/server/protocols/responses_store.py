@@ -90,9 +90,10 @@ class ResponseStore:
                 entry = self._entries.get(link)
                 if entry is None:
                     return None
-                self._entries.move_to_end(link)  # a live conversation keeps all its turns
                 turns.append(entry)
                 link = entry.previous_id
+            for entry in reversed(turns):  # a live conversation keeps its turns, latest last
+                self._entries.move_to_end(str(entry.response["id"]))
         items: list[Item] = []
         for entry in reversed(turns):
             items += entry.input_items
