@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -33,6 +34,10 @@ def serve(
     ] = None,
     host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default 8080).")] = None,
+    ollama_port: Annotated[
+        int | None,
+        typer.Option(help="Also listen here, where Ollama clients look (e.g. 11434)."),
+    ] = None,
     ctx: Annotated[
         int | None, typer.Option(help="Context tokens per request (default: planned).")
     ] = None,
@@ -87,6 +92,7 @@ def serve(
         {
             "host": host,
             "port": port,
+            "ollama_port": ollama_port,
             "ctx": ctx,
             "threads": threads,
             "parallel": parallel,
@@ -133,6 +139,7 @@ def run_server(settings: Settings, preload: list[str]) -> None:
             app,
             host=settings.host,
             port=settings.port,
+            sock=_ollama_socket(settings),  # the same app on a second site
             print=None,
             shutdown_timeout=10.0,
             handle_signals=True,
@@ -146,6 +153,19 @@ def run_server(settings: Settings, preload: list[str]) -> None:
     except (KeyboardInterrupt, asyncio.CancelledError):
         pass
     console().print("stopped; models unloaded.")
+
+
+def _ollama_socket(settings: Settings) -> socket.socket | None:
+    """The listening socket of ``--ollama-port``, bound now so a port in use is said at once."""
+    if settings.ollama_port is None:
+        return None
+    try:
+        return socket.create_server((settings.host, settings.ollama_port))
+    except OSError as exc:
+        raise ConfigError(
+            f"Cannot listen on {settings.host}:{settings.ollama_port}: {exc.strerror}.",
+            "Is Ollama running there? Stop it, or pick another --ollama-port.",
+        ) from None
 
 
 def _banner(settings: Settings, manager: object, preload: list[str]) -> None:
@@ -172,3 +192,6 @@ def _banner(settings: Settings, manager: object, preload: list[str]) -> None:
         f"  Continue: provider: openai, apiBase: {settings.base_url}, model: {model}"
         + (f", contextLength: {n_ctx}" if n_ctx else "")
     )
+    if settings.ollama_port is not None:
+        root = settings.base_url.removesuffix("/v1").rsplit(":", 1)[0]
+        out.print(f"  Ollama clients: {root}:{settings.ollama_port} (and /api on every port)")

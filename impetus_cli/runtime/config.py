@@ -26,6 +26,8 @@ class Settings:
     home: Path = field(default_factory=lambda: Path("~/.impetus").expanduser())
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
+    # A second port for Ollama's clients (they look at 11434 unless told); None: none.
+    ollama_port: int | None = None
     default_model: str = DEFAULT_MODEL
     ctx: int | None = None  # None: chosen by the planner
     threads: int | None = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import mmap
 import struct
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -260,3 +261,37 @@ def recurrent_facts(meta: dict[str, Any], arch: str, n_layers: int) -> tuple[int
     else:
         layers = n_layers
     return layers, layers * per_layer * STATE_ELEMENT_BYTES
+
+
+def vocabulary_has(path: Path, texts: Collection[str]) -> frozenset[str]:
+    """Which of ``texts`` are tokens of a GGUF file's vocabulary. The token list is walked in
+    place: only strings of a wanted length are read (a 262k-token list costs no allocation)."""
+    wanted = {t.encode(): t for t in texts}
+    lengths = {len(b) for b in wanted}
+    try:
+        with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            if buf[:4] != GGUF_MAGIC:
+                return frozenset()
+            cur = _Cursor(buf)
+            cur.pos = 8  # magic, version
+            _n_tensors, n_kv = cur.scalar("Q"), cur.scalar("Q")
+            for _ in range(n_kv):
+                key, vtype = cur.string(), cur.scalar("I")
+                if key != "tokenizer.ggml.tokens":
+                    cur.value(vtype, keep_arrays=False)
+                    continue
+                if vtype != _ARRAY or cur.scalar("I") != _STRING:
+                    return frozenset()
+                found = set()
+                for _ in range(cur.scalar("Q")):
+                    n = struct.unpack_from("<Q", buf, cur.pos)[0]
+                    if (
+                        n in lengths
+                        and (raw := bytes(buf[cur.pos + 8 : cur.pos + 8 + n])) in wanted
+                    ):
+                        found.add(wanted[raw])
+                    cur.pos += 8 + n
+                return frozenset(found)
+    except (struct.error, ValueError, OSError):
+        pass  # not a readable GGUF: it has none of them, as far as anyone can tell
+    return frozenset()

@@ -29,13 +29,19 @@ from impetus_cli.server.keys import (
     STOPPING,
     SUBSCRIBERS,
 )
-from impetus_cli.server.protocols import anthropic_routes, openai_routes, responses_routes
+from impetus_cli.server.protocols import (
+    anthropic_routes,
+    ollama_routes,
+    openai_routes,
+    responses_routes,
+)
 
 Route = Callable[[web.Request], Awaitable[Any]]
 ROUTE_TABLES: list[Mapping[tuple[str, str], Route]] = [
     openai_routes.ROUTES,
     responses_routes.ROUTES,
     anthropic_routes.ROUTES,
+    ollama_routes.ROUTES,
     admin.ROUTES,
 ]
 MAX_BODY = middleware.MAX_BODY
