@@ -274,8 +274,9 @@ def chat_request(body: Any) -> ChatRequest | LoadOnly:
         messages=history,
         sampling=sampling(body, _logprobs(body)),
         tools=specs,
-        # not an Ollama field, but Cline's Ollama provider sends OpenAI's
+        # not Ollama fields, but Cline's Ollama provider sends OpenAI's tool_choice
         tool_choice=openai_parse.tool_choice(body.get("tool_choice"), specs),
+        parallel_tool_calls=flag(body, "parallel_tool_calls", True),
         keep_alive=keep,
         response_format=response_format(body.get("format")),
         reasoning=reasoning(body),
