@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from impetus_cli.runtime.replies import preserved_markers, reply_parser
+from impetus_cli.runtime.replies import MARKERS, preserved_markers, reply_parser
 from impetus_cli.runtime.replies.syntax import write_call
 from impetus_cli.runtime.types import ToolSpec
 
@@ -358,3 +358,25 @@ def test_other_reasoning_markers_magistral_and_seed() -> None:
     seed = reply_parser("<seed:think>{{ x }}</seed:think><tool_call>", "seed_oss", tools=False)
     delta = seed.feed("<seed:think>Hmm.</seed:think>Hi") + seed.finish("stop")
     assert (delta.reasoning, delta.content) == ("Hmm.", "Hi")
+
+
+def test_random_marker_soup_never_raises_and_every_chunking_agrees() -> None:
+    # Any mix of every dialect's markers, JSON pieces and text, cut anywhere: the parser
+    # never raises, and 1-character, random-size and whole feeding give the same result.
+    import random
+
+    pieces = [
+        *sorted({m for ms in MARKERS.values() for m in ms}),
+        "<think>", "</think>", "[THINK]", '{"name": "read_file", "arguments": ', '{"path": "a.py"}',
+        "}", "{", '"', ",", ":", " ", "\n", "read_file", "functions.read_file:0", "<parameter=path>",
+        "</parameter>", "hello", "```json\n", "```", "function", "[", "]", "null", "\\", ";",
+        "<|start|>assistant", "commentary to=functions.read_file ", "analysis", "final",
+    ]  # fmt: skip
+    names = [p.stem for p in TEMPLATES.glob("*.jinja")] + ["none"]
+    rng = random.Random(20261202)
+    for _ in range(400):
+        name = rng.choice(names)
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 25)))
+        reason = rng.choice(["stop", "length"])
+        results = [run(name, text, size, reason=reason) for size in (1, rng.randint(2, 7), 10_000)]
+        assert results[0].summary() == results[1].summary() == results[2].summary(), (name, text)

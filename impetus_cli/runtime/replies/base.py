@@ -11,6 +11,7 @@ concatenate to the call's final ``arguments`` and every prefix of them was check
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import string
 from collections.abc import Mapping, Sequence
@@ -191,6 +192,24 @@ def could_start(buf: str, markers: Sequence[str]) -> bool:
     """True while ``buf`` (stripped of leading space) is still a prefix of some marker."""
     s = buf.lstrip()
     return any(m.startswith(s) for m in markers)
+
+
+NAME_LIMIT = 200  # longer than any function name: past it the text was not a call
+_NAME = re.compile(r"\s*[\w.:/-]*\s*")
+
+
+def name_verdict(buf: str, ends: Sequence[str]) -> str:
+    """Where a dialect expects a function's name, up to one of ``ends``: "ok", "wait" (it may
+    still come) or "no" (the text is not a call). Decided by the text alone, so every
+    chunking agrees."""
+    i, _ = find_first(buf, ends)
+    complete = i >= 0
+    region = buf[:i] if complete else buf[: len(buf) - held_length(buf, ends)]
+    if len(region) > NAME_LIMIT or not _NAME.fullmatch(region):
+        return "no"
+    if not complete:
+        return "wait"
+    return "ok" if region.strip() else "no"
 
 
 def param_schemas(tools: Sequence[ToolSpec]) -> dict[str, Mapping[str, Any]]:

@@ -11,11 +11,16 @@ values as JSON); each streams as one argument member when its ``</arg_value>`` a
 
 from __future__ import annotations
 
-from impetus_cli.runtime.replies.base import Acc, DialectParser, could_start, find_first
+from impetus_cli.runtime.replies.base import (
+    Acc,
+    DialectParser,
+    could_start,
+    find_first,
+    name_verdict,
+)
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 KEY, KEY_END, VALUE, VALUE_END = "<arg_key>", "</arg_key>", "<arg_value>", "</arg_value>"
-NAME_LIMIT = 200
 
 
 class GlmParser(DialectParser):
@@ -37,20 +42,17 @@ class GlmParser(DialectParser):
 
     def _name(self, acc: Acc) -> bool:
         i, marker = find_first(self.buf, ("\n", KEY, CLOSE))
-        if i < 0:
-            if len(self.buf) > NAME_LIMIT:
-                acc.content.append(OPEN + self.buf)
-                self.buf, self.state = "", "text"
-                return True
+        if i == 0 and marker == "\n":  # a newline before the name
+            self.buf = self.buf[1:]
+            return True
+        verdict = name_verdict(self.buf, ("\n", KEY, CLOSE))
+        if verdict == "wait":
             return False
-        name = self.buf[:i].strip()
-        if not name:
-            if marker == "\n":  # a newline before the name
-                self.buf = self.buf[i + 1 :]
-                return True
-            acc.content.append(OPEN)
+        if verdict == "no":
+            acc.content.append(OPEN)  # not a call: the rest is read again as text
             self.state = "text"
             return True
+        name = self.buf[:i].strip()
         self._begin(acc, name)
         self.buf, self.state = self.buf[i + (1 if marker == "\n" else 0) :], "args"
         return True

@@ -73,17 +73,18 @@ class HarmonyParser(DialectParser):
             if s.startswith(end):
                 self.buf = s[len(end) :]
                 return True
-        i = self.buf.find(MESSAGE)
-        if i < 0:
-            if not s:
-                return False
-            harmonyish = s.startswith((START, CHANNEL)) or any(
-                m.startswith(s) for m in (START, CHANNEL, *ENDS)
-            )
-            if harmonyish and len(s) <= HEADER_LIMIT:
-                return False  # wait for <|message|> (at the end, _end gives it back)
+        if not s:
+            return False
+        harmonyish = s.startswith((START, CHANNEL)) or any(
+            m.startswith(s) for m in (START, CHANNEL, *ENDS[:3])
+        )
+        i = s.find(MESSAGE)
+        if harmonyish and i < 0 and len(s) <= HEADER_LIMIT:
+            return False  # wait for <|message|> (at the end, _end gives it back)
+        if not harmonyish or i < 0 or i > HEADER_LIMIT:
             self.state = "raw"  # not Harmony: plain text
             return True
+        self.buf = s
         header, self.buf = self.buf[:i], self.buf[i + len(MESSAGE) :]
         channel = _CHANNEL.search(header)
         recipient = _RECIPIENT.search(header)

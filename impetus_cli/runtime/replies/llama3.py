@@ -17,6 +17,7 @@ class Llama3Parser(DialectParser):
 
     state = "start"
     scanner: JsonScanner | None = None
+    whole: JsonScanner | None = None  # the call object read whole, while its head is unclear
 
     def _step(self, acc: Acc, *, final: bool) -> bool:
         if self.state == "start":
@@ -27,6 +28,8 @@ class Llama3Parser(DialectParser):
             return self._args(acc)
         if self.state == "whole":
             return self._whole(acc)
+        if self.state == "close":
+            return self._close(final)
         if self.state == "next":
             return self._next(acc, final)
         if self.buf:
@@ -52,12 +55,17 @@ class Llama3Parser(DialectParser):
         if head and self.buf[head.end() : head.end() + 1] == "{":
             name = json.loads(f'"{head.group(1)}"')
             self.buf, self.state, self.scanner = self.buf[head.end() :], "args", JsonScanner()
+            self.whole = None
             self._begin(acc, name)
             return True
-        if '"name"' in self.buf and ("arguments" in self.buf or "parameters" in self.buf):
-            self.state, self.scanner = "whole", JsonScanner()  # not name first: parse it whole
+        # Not (yet) name first: the object is read whole when it closes.
+        if self.whole is None:
+            self.whole = JsonScanner()
+        self.whole.feed(self.buf[len(self.whole.text) :])
+        if self.whole.done or self.whole.error:
+            self.state, self.scanner, self.whole, self.buf = "whole", self.whole, None, ""
             return True
-        return False if not final else self._give_back(acc)
+        return False
 
     def _args(self, acc: Acc) -> bool:
         assert self.scanner is not None and self.call is not None
@@ -70,8 +78,17 @@ class Llama3Parser(DialectParser):
         rest = self.scanner.text[self.scanner.i :]
         if self.scanner.error:
             self.call, self.buf, self.state = None, rest, "text"
-        else:  # skip the '}' that closes the call object
-            self.call, self.buf, self.state = None, rest.partition("}")[2], "next"
+        else:
+            self.call, self.buf, self.state = None, rest, "close"
+        return True
+
+    def _close(self, final: bool) -> bool:
+        """The '}' that closes the call object, after its arguments."""
+        s = self.buf.lstrip()
+        if not s:
+            self.buf = "" if final else self.buf
+            return False
+        self.buf, self.state = s[1:] if s[0] == "}" else s, "next"
         return True
 
     def _next(self, acc: Acc, final: bool) -> bool:
@@ -95,22 +112,15 @@ class Llama3Parser(DialectParser):
             return False
         call = call_from(self.scanner.value()) if self.scanner.done else None
         if call is None:
-            acc.content.append(self.scanner.text)
-            self.state = "text"
-            return False
+            self.buf, self.state = self.scanner.text, "text"  # not a call: text from here on
+            return True
         emit_whole(self, acc, [call])
         self.buf, self.state = self.scanner.rest, "next"
         return True
 
-    def _give_back(self, acc: Acc) -> bool:
-        acc.content.append(self.buf)
-        self.buf, self.state = "", "text"
-        return False
-
     def _end(self, acc: Acc, finish_reason: str) -> None:
         if self.state == "whole" and self.scanner is not None:
-            self.buf = self.scanner.text + self.buf
-            self.state = "head"
+            self.buf, self.state = self.scanner.text + self.buf, "head"
         if self.state == "head" and self.buf:
             if finish_reason == "length":
                 self.cut_call = True

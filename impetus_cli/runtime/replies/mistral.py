@@ -5,11 +5,17 @@
 
 from __future__ import annotations
 
-from impetus_cli.runtime.replies.base import Acc, DialectParser, JsonScanner, find_first
+from impetus_cli.runtime.replies.base import (
+    Acc,
+    DialectParser,
+    JsonScanner,
+    could_start,
+    find_first,
+    name_verdict,
+)
 from impetus_cli.runtime.replies.hermes import call_from, emit_whole
 
 MARK, ARGS, CALL_ID = "[TOOL_CALLS]", "[ARGS]", "[CALL_ID]"
-NAME_LIMIT = 200  # a function name longer than this is not one: the text was not a call
 
 
 class MistralParser(DialectParser):
@@ -34,7 +40,7 @@ class MistralParser(DialectParser):
 
     def _after(self, acc: Acc, final: bool) -> bool:
         s = self.buf.lstrip()
-        if not s:
+        if not s or (could_start(s, (ARGS, CALL_ID)) and not final):
             return False
         if s[0] in "[{" and not s.startswith((ARGS, CALL_ID)):
             self.buf, self.state, self.scanner = s, "list", JsonScanner()
@@ -52,21 +58,24 @@ class MistralParser(DialectParser):
         items = value if isinstance(value, list) else [value]
         calls = [call_from(item) for item in items]
         if value is None or not calls or any(c is None for c in calls):
-            acc.content.append(MARK + self.scanner.text)
-            self.state = "text"
-            return False
+            # Not calls: the list (or what was read of it) is text, the rest is read again.
+            end = self.scanner.end if self.scanner.done else self.scanner.i
+            acc.content.append(MARK + self.scanner.text[:end])
+            self.buf, self.state = self.scanner.text[end:], "text"
+            return True
         emit_whole(self, acc, [c for c in calls if c])
         self.buf, self.state = self.scanner.rest, "text"
         return True
 
     def _name(self, acc: Acc) -> bool:
         i, marker = find_first(self.buf, (ARGS, CALL_ID))
-        if i < 0:
-            if len(self.buf) > NAME_LIMIT:
-                acc.content.append(MARK + self.buf)
-                self.buf, self.state = "", "text"
-                return True
+        verdict = name_verdict(self.buf, (ARGS, CALL_ID))
+        if verdict == "wait":
             return False
+        if verdict == "no":
+            acc.content.append(MARK)  # not a call: the rest is read again as text
+            self.state = "text"
+            return True
         if marker == CALL_ID:  # the id is ours to choose: skip the model's
             j = self.buf.find(ARGS, i)
             if j < 0:

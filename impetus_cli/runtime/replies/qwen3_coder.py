@@ -14,12 +14,17 @@ booleans, arrays and objects are parsed) and streams as one argument member when
 
 from __future__ import annotations
 
-from impetus_cli.runtime.replies.base import Acc, DialectParser, could_start, find_first
+from impetus_cli.runtime.replies.base import (
+    Acc,
+    DialectParser,
+    could_start,
+    find_first,
+    name_verdict,
+)
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 FUNC, FUNC_END = "<function=", "</function>"
 PARAM, PARAM_END = "<parameter=", "</parameter>"
-NAME_LIMIT = 200
 
 
 class Qwen3CoderParser(DialectParser):
@@ -55,17 +60,17 @@ class Qwen3CoderParser(DialectParser):
         if could_start(self.buf, (marker,)):
             return False
         if not optional:
-            acc.content.append(self.raw + self.buf)
-            self.buf = ""
+            acc.content.append(self.raw)  # not a call: the rest is read again as text
         self.state = "text"
         return True
 
     def _name(self, acc: Acc) -> bool:
         i = self.buf.find(">")
-        if i < 0:
-            if len(self.buf) > NAME_LIMIT:
-                return self._not_a_call(acc)
+        verdict = name_verdict(self.buf, (">",))
+        if verdict == "wait":
             return False
+        if verdict == "no":
+            return self._not_a_call(acc)
         self._begin(acc, self.buf[:i].strip())
         self.buf, self.state = self.buf[i + 1 :], "params"
         return True
@@ -103,8 +108,8 @@ class Qwen3CoderParser(DialectParser):
         return True
 
     def _not_a_call(self, acc: Acc) -> bool:
-        acc.content.append(self.raw + self.buf)
-        self.buf, self.state = "", "text"
+        acc.content.append(self.raw)  # the rest is read again as text
+        self.state = "text"
         return True
 
     def _end(self, acc: Acc, finish_reason: str) -> None:

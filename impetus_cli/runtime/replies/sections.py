@@ -6,9 +6,13 @@ the head names the function. The arguments, a JSON object, stream member by memb
 
 from __future__ import annotations
 
-from impetus_cli.runtime.replies.base import Acc, DialectParser, JsonScanner, could_start
-
-HEAD_LIMIT = 300  # longer than any function name: past it the text was not a call
+from impetus_cli.runtime.replies.base import (
+    Acc,
+    DialectParser,
+    JsonScanner,
+    could_start,
+    name_verdict,
+)
 
 
 class SectionParser(DialectParser):
@@ -62,11 +66,12 @@ class SectionParser(DialectParser):
 
     def _head(self, acc: Acc) -> bool:
         i = self.buf.find(self.call_sep)
-        if i < 0:
-            if len(self.buf) > HEAD_LIMIT:
-                self._give_back(acc)
-                return True
+        verdict = name_verdict(self.buf, (self.call_sep,))
+        if verdict == "wait":
             return False
+        if verdict == "no":
+            self._give_back(acc)
+            return True
         head, rest = self.buf[:i], self.buf[i + len(self.call_sep) :]
         name, rest = self.split_head(head, rest)
         if name is None:
