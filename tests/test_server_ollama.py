@@ -265,6 +265,7 @@ def test_errors_are_ollama_shaped_with_their_status(tiny_server: str) -> None:
             400,
             "raw",
         ),
+        ("POST", "/api/chat", {"model": "tiny", "messages": HELLO, "stream": "yes"}, 400, "stream"),
         ("POST", "/api/chat", b"{not json", 400, "JSON"),
         ("POST", "/api/copy", {"source": "tiny", "destination": "t2"}, 400, "import"),
         ("POST", "/api/show", {"model": "nope"}, 404, "nope"),

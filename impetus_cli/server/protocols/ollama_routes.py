@@ -71,7 +71,7 @@ async def _load_only(request: web.Request, ask: parse.LoadOnly, chat: bool) -> w
 
 
 async def _generate(
-    request: web.Request, req: ChatRequest | CompletionRequest, body: Any, chat: bool
+    request: web.Request, req: ChatRequest | CompletionRequest, wants: parse.Wants, chat: bool
 ) -> web.StreamResponse:
     manager = request.app[MANAGER]
     started = time.perf_counter()
@@ -84,31 +84,34 @@ async def _generate(
     else:
         gen = await start_work(request, cancel, manager.start_completion, req, cancel)
     timing = render.Timing(started, 0.0 if was_loaded else time.perf_counter() - started)
-    wants = parse.wants(body)
     kind = render.ChatRenderer if chat else render.GenerateRenderer
     renderer = kind(asked, gen.prompt_tokens, gen.token_bytes, timing, logprobs=wants.logprobs)
     return await respond(request, gen, renderer, stream=wants.stream)
 
 
 def _translate(fn: Any) -> Any:
-    def both(body: Any) -> tuple[Any, Any]:
-        return body, fn(body)
+    """The dialect's parser, then how the reply is wanted: every field is checked before
+    any work starts."""
+
+    def both(body: Any) -> tuple[parse.Wants, Any]:
+        req = fn(body)
+        return parse.wants(body), req
 
     return both
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
-    body, req = await read_json(request, _translate(parse.chat_request))
+    wants, req = await read_json(request, _translate(parse.chat_request))
     if isinstance(req, parse.LoadOnly):
         return await _load_only(request, req, chat=True)
-    return await _generate(request, req, body, chat=True)
+    return await _generate(request, req, wants, chat=True)
 
 
 async def generate(request: web.Request) -> web.StreamResponse:
-    body, req = await read_json(request, _translate(parse.generate_request))
+    wants, req = await read_json(request, _translate(parse.generate_request))
     if isinstance(req, parse.LoadOnly):
         return await _load_only(request, req, chat=False)
-    return await _generate(request, req, body, chat=False)
+    return await _generate(request, req, wants, chat=False)
 
 
 async def embed(request: web.Request) -> web.Response:
