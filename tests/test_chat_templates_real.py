@@ -162,3 +162,12 @@ def test_a_prompt_that_opens_the_reasoning_makes_the_reply_start_inside_it(
         assert (delta.reasoning, delta.content) == ("Let me look.", "Done.")
     else:
         assert delta.reasoning == "" and delta.content == "Let me look.</think>Done."
+
+
+def test_a_conversation_a_template_cannot_render_is_a_400_not_a_crash() -> None:
+    from impetus_cli.errors import ImpetusError
+
+    odd = ToolCall("call_x", "read_file", "not json")  # Qwen3-Coder iterates the arguments
+    with pytest.raises(ImpetusError, match="could not render") as err:
+        render("qwen3-coder", [ASK, ChatMessage("assistant", None, tool_calls=(odd,))])
+    assert err.value.status == 400 and err.value.param == "messages"

@@ -206,10 +206,13 @@ def render_jinja(
             f"The model's chat template tried something unsafe: {exc}", "Use a trusted model."
         ) from exc
     except (TemplateError, TypeError, ValueError, KeyError, IndexError) as exc:
-        # A template written for other inputs fails inside Jinja with plain Python errors too.
-        raise EngineError(
-            f"The model's chat template failed: {exc}",
-            "Report it; a built-in template is used when none is set.",
+        # A template fails on inputs its authors did not expect (and inside Jinja with plain
+        # Python errors too): the same conversation always fails, so it is a 400, not a 5xx
+        # that clients would retry.
+        raise ImpetusError(
+            f"The model's chat template could not render this conversation: {exc}",
+            "Check the messages (tool-call arguments must be JSON objects).",
+            param="messages",
         ) from exc
 
 
