@@ -183,7 +183,7 @@ async def pull(request: web.Request) -> web.StreamResponse:
     asked, stream = await read_json(request, parse.pull_request)
     manager = request.app[MANAGER]
     try:
-        await local_name(request, asked)
+        await blocking(request, manager.resolve, await local_name(request, asked))
     except ModelNotFound:
         if parse_ref(asked).kind == "path":  # an unparsable name is a 400 here too
             raise ImpetusError(
