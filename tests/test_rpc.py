@@ -92,7 +92,7 @@ def start_worker(port: int, mem: str = "1GB") -> Worker:
         assert process.stdout is not None
         for line in process.stdout:
             worker.output.append(line.rstrip())
-            if line.startswith("ready"):
+            if "ready: " in line:
                 ready.set()
 
     threading.Thread(target=read, daemon=True).start()

@@ -43,6 +43,12 @@ def worker(
         bool,
         typer.Option("--allow-remote", help="Listen on a non-loopback address (trusted LANs)."),
     ] = False,
+    cache: Annotated[
+        bool,
+        typer.Option(
+            "--cache", help="Keep large tensors on this disk: a model's next load sends less."
+        ),
+    ] = False,
     binary: Annotated[
         Path | None, typer.Option(help="Run this llama.cpp rpc-server instead of the library.")
     ] = None,
@@ -71,8 +77,14 @@ def worker(
                 "Drop --mem, or run `./scripts/setup.sh` to build the library with RPC.",
             )
         out.print(f"llama.cpp RPC server: the binary {program}, on {endpoint}")
-        sys.exit(_run_binary(program, host, port, n_threads))
-    _run_library(endpoint, limit, n_threads)
+        sys.exit(_run_binary(program, host, port, n_threads, cache))
+    cache_dir = None
+    if cache:
+        from impetus_cli.runtime.config import load_settings
+
+        cache_dir = load_settings().home / "rpc-cache"
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    _run_library(endpoint, limit, n_threads, cache_dir)
 
 
 def _physical_cores() -> int:
@@ -115,7 +127,7 @@ def _check_port(host: str, port: int) -> None:
             ) from None
 
 
-def _run_library(endpoint: str, limit: int | None, threads: int) -> None:
+def _run_library(endpoint: str, limit: int | None, threads: int, cache_dir: Path | None) -> None:
     from impetus_cli.runtime import rpc
     from impetus_cli.runtime.engines import llama_rpc
 
@@ -132,9 +144,8 @@ def _run_library(endpoint: str, limit: int | None, threads: int) -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    server = threading.Thread(
-        target=llama_rpc.run_server, args=(endpoint, devices, threads), daemon=True
-    )
+    run = llama_rpc.server(endpoint, devices, threads, cache_dir)
+    server = threading.Thread(target=run, name="llama.cpp-rpc-server", daemon=True)
     server.start()
     host, port = rpc.split_endpoint(endpoint)
     reachable = f"127.0.0.1:{port}" if host in ("0.0.0.0", "::") else endpoint
@@ -167,8 +178,9 @@ def _exit(code: int, message: str) -> None:
     os._exit(code)
 
 
-def _run_binary(program: Path, host: str, port: int, threads: int) -> int:
-    child = subprocess.Popen([str(program), "-H", host, "-p", str(port), "-t", str(threads)])
+def _run_binary(program: Path, host: str, port: int, threads: int, cache: bool) -> int:
+    command = [str(program), "-H", host, "-p", str(port), "-t", str(threads)]
+    child = subprocess.Popen(command + (["--cache"] if cache else []))
 
     def forward(signum: int, _frame: object) -> None:
         child.send_signal(signum)

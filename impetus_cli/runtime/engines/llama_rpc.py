@@ -91,7 +91,8 @@ def ggml() -> Any:
 
 def _rpc_function(name: str, kind: Any) -> Any:
     lib = ggml()
-    address = lib.ggml_backend_reg_get_proc_address(lib.ggml_backend_reg_by_name(b"RPC"), name)
+    reg = lib.ggml_backend_reg_by_name(b"RPC")
+    address = lib.ggml_backend_reg_get_proc_address(reg, name.encode())
     if not address:
         raise BackendUnavailable(f"This llama.cpp's RPC backend has no {name}.", SETUP_HINT)
     return kind(address)
@@ -212,9 +213,20 @@ def cap_memory(device: Device, limit: int) -> None:
         raise EngineError("--mem could not be applied to this llama.cpp's device.")
 
 
-def run_server(endpoint: str, devices: Sequence[Device], threads: int) -> None:
-    """llama.cpp's RPC server on ``devices``, listening on ``endpoint``: returns only when it
-    could not start (ctypes releases the GIL, so call it from a thread)."""
+def server(
+    endpoint: str, devices: Sequence[Device], threads: int, cache_dir: Path | None = None
+) -> Callable[[], None]:
+    """llama.cpp's RPC server on ``devices``, to listen on ``endpoint`` when called: the call
+    returns only if the server could not start (ctypes releases the GIL: call it from a
+    thread). With ``cache_dir``, large tensors are kept on this machine's disk and are not sent
+    again at the next load."""
     start: Callable[..., None] = _rpc_function("ggml_backend_rpc_start_server", _StartServer)
     handles = (ctypes.c_void_p * len(devices))(*(d.handle for d in devices))
-    start(endpoint.encode(), None, threads, len(devices), ctypes.cast(handles, ctypes.c_void_p))
+    cache = str(cache_dir).encode() if cache_dir is not None else None
+
+    def run() -> None:
+        start(
+            endpoint.encode(), cache, threads, len(handles), ctypes.cast(handles, ctypes.c_void_p)
+        )
+
+    return run

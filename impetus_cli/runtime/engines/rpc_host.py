@@ -8,20 +8,17 @@ Retry-After), the serving process and its other models carry on, and the model i
 
 The parent talks to the child over a socket pair (``multiprocessing.connection`` framing):
 calls (tokenize, render, embed...) and their replies, and per generation the chunks the
-child's own LlamaEngine produces. ``python -m impetus_cli.runtime.engines.rpc_host FD`` is the
-child.
+child's own LlamaEngine produces. The child is engines/rpc_child.py.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import importlib
 import itertools
 import logging
 import os
 import queue
-import signal
 import socket
 import subprocess
 import sys
@@ -34,7 +31,9 @@ from typing import Any
 
 from impetus_cli.errors import ContextLengthExceeded, EngineError, ImpetusError
 from impetus_cli.runtime import rpc
+from impetus_cli.runtime.engines import rpc_child
 from impetus_cli.runtime.engines.base import relay
+from impetus_cli.runtime.engines.rpc_child import unpack_error
 from impetus_cli.runtime.types import (
     ChatMessage,
     GenerationChunk,
@@ -49,26 +48,6 @@ SILENT_S = 30.0  # a request with no news for this long: check that its workers 
 WATCH_S = 0.05  # how often cancellations are forwarded to the child
 
 
-def pack_error(exc: BaseException) -> tuple[str, str, tuple[Any, ...], dict[str, Any]]:
-    """An exception as plain data: ImpetusError subclasses have keyword-only arguments that
-    pickle's default reconstruction loses."""
-    kind = type(exc)
-    state = {k: v for k, v in vars(exc).items() if isinstance(v, str | int | float | None)}
-    return kind.__module__, kind.__qualname__, tuple(str(a) for a in exc.args), state
-
-
-def unpack_error(packed: tuple[str, str, tuple[Any, ...], dict[str, Any]]) -> BaseException:
-    module, name, args, state = packed
-    try:
-        kind = getattr(importlib.import_module(module), name)
-        exc = kind.__new__(kind)
-        BaseException.__init__(exc, *args)
-        vars(exc).update(state)
-        return exc  # type: ignore[no-any-return]
-    except (ImportError, AttributeError, TypeError):
-        return EngineError(f"{name}: {' '.join(args)}")
-
-
 class _Child:
     """The child process and the one connection to it: calls, streams, and its death."""
 
@@ -77,6 +56,7 @@ class _Child:
     ):
         self.process, self.conn, self.endpoints = process, conn, tuple(endpoints)
         self.failure: str | None = None
+        self._closing = False
         self.last_heard = time.monotonic()
         self._send_lock = threading.Lock()
         self._ids = itertools.count(1)
@@ -84,30 +64,30 @@ class _Child:
         self._cancels: dict[int, threading.Event] = {}
         self._stderr: collections.deque[str] = collections.deque(maxlen=12)
         self._lock = threading.Lock()
+        self._stderr_reader = threading.Thread(target=self._read_stderr, daemon=True)
 
     @classmethod
     def spawn(cls, plan: LoadPlan, info: ModelInfo) -> tuple[_Child, dict[str, Any]]:
         parent, child = socket.socketpair()
-        env = {
-            **os.environ,
-            "PYTHONPATH": _package_root() + os.pathsep + os.environ.get("PYTHONPATH", ""),
-        }
+        path = _package_root() + os.pathsep + os.environ.get("PYTHONPATH", "")
         process = subprocess.Popen(
-            [sys.executable, "-m", __name__, str(child.fileno())],
+            [sys.executable, "-m", rpc_child.__name__, str(child.fileno())],
             pass_fds=[child.fileno()],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-            env=env,
+            env={**os.environ, "PYTHONPATH": path},
         )
         child.close()
         host = cls(process, Connection(parent.detach()), plan.rpc_workers)
-        threading.Thread(target=host._read_stderr, name="impetus-rpc-stderr", daemon=True).start()
+        host._stderr_reader.start()
         host.conn.send(("load", plan, info))
+        # Loading sends the workers their layers over the network: minutes for a big model.
+        while not host.conn.poll(1.0) and process.poll() is None:
+            host._check_workers()
         try:
             kind, payload = host.conn.recv()
         except (EOFError, OSError):
-            process.wait()
             raise host._died("while loading") from None
         if kind != "ready":
             process.wait()
@@ -126,8 +106,9 @@ class _Child:
                     print(line, file=sys.stderr)
 
     def _died(self, when: str) -> rpc.WorkerUnavailable:
-        said = "; ".join(line for line in self._stderr if "abort" not in line.lower()) or None
-        code = self.process.poll()
+        code = self.process.wait()
+        self._stderr_reader.join(5)  # its last lines say why (llama.cpp's abort message)
+        said = "; ".join(list(self._stderr)[-3:])
         self.failure = f"the process holding the model's split ended {when} (exit {code})" + (
             f"; llama.cpp said: {said}" if said else ""
         )
@@ -135,6 +116,14 @@ class _Child:
             f"An RPC worker ({', '.join(self.endpoints)}) went away: {self.failure}.",
             "Restart the worker (`impetus worker`); the model loads again on the next request.",
         )
+
+    def _check_workers(self) -> None:
+        """After SILENT_S without news, end the child if a worker no longer accepts
+        connections: llama.cpp would wait forever on a machine that crashed or left."""
+        if time.monotonic() - self.last_heard > SILENT_S:
+            self.last_heard = time.monotonic()
+            if not all(_accepts(e) for e in self.endpoints):
+                self.process.kill()
 
     # -- the reader, the watcher -------------------------------------------------------------
 
@@ -146,9 +135,11 @@ class _Child:
                 self._deliver(message)
         except (EOFError, OSError):
             pass
-        self.process.wait()
-        error = self._died("while serving")
-        log.warning("%s", error.message)
+        if self._closing:
+            error: BaseException = EngineError("The model was unloaded.")
+        else:
+            error = self._died("while serving")
+            log.warning("%s", error)
         with self._lock:
             waiting = list(self._waiting.values())
             self._waiting.clear()
@@ -182,10 +173,8 @@ class _Child:
                 if event.is_set() and key not in forwarded:
                     forwarded.add(key)
                     self._send(("cancel", key, None))
-            if cancels and time.monotonic() - self.last_heard > SILENT_S:
-                self.last_heard = time.monotonic()
-                if not all(_accepts(e) for e in self.endpoints):
-                    self.process.kill()
+            if cancels:
+                self._check_workers()
 
     # -- calls and streams --------------------------------------------------------------------
 
@@ -228,6 +217,7 @@ class _Child:
         yield from relay(q, cancel, abandon)
 
     def close(self) -> None:
+        self._closing = True
         if self.process.poll() is None:
             self._send(("close", 0, None))
             try:
@@ -295,8 +285,16 @@ class SplitEngine:
         return self.plan.total_bytes
 
     @property
+    def special_text(self) -> Any:
+        return self._meta.get("special_text")
+
+    @property
+    def chat_template(self) -> str | None:
+        return self._meta.get("chat_template", self.info.chat_template)
+
+    @property
     def special_tokens(self) -> dict[str, int]:
-        return dict(self._meta["special_tokens"])
+        return dict(self._meta.get("special_tokens") or {})
 
     def token_text(self, token: int) -> str:
         return str(self._ensure().call("token_text", token))
@@ -335,80 +333,3 @@ class SplitEngine:
             if self._child is not None:
                 self._child.close()
                 self._child = None
-
-
-# -- the child ----------------------------------------------------------------------------------
-
-
-def _serve(conn: Connection) -> None:
-    from impetus_cli.runtime.engines.llama import LlamaEngine
-
-    _kind, plan, info = conn.recv()
-    try:
-        engine = LlamaEngine.load(plan, info)
-    except BaseException as exc:
-        conn.send(("failed", pack_error(exc)))
-        return
-    meta = {"n_ctx": engine.n_ctx, "special_tokens": engine.special_tokens}
-    conn.send(("ready", meta))
-    lock, cancels = threading.Lock(), dict[int, threading.Event]()
-
-    def send(message: tuple[Any, ...]) -> None:
-        with lock:
-            conn.send(message)
-
-    while True:
-        kind, key, payload = conn.recv()
-        if kind == "close":
-            engine.close()
-            return
-        if kind == "cancel":
-            cancels.get(key, threading.Event()).set()
-            continue
-        cancel = cancels.setdefault(key, threading.Event())
-        work = _generate if kind == "generate" else _call
-        args = (engine, key, payload, cancel, send, cancels)
-        threading.Thread(target=work, args=args, daemon=True).start()
-
-
-def _call(engine: Any, key: int, payload: Any, _cancel: Any, send: Any, cancels: Any) -> None:
-    cancels.pop(key, None)
-    method, args = payload
-    try:
-        if method == "tokenize":
-            result = engine.tokenize(args[0], special=args[1])
-        else:
-            result = getattr(engine, method)(*args)
-        send(("reply", key, result))
-    except BaseException as exc:
-        send(("raise", key, pack_error(exc)))
-
-
-def _generate(
-    engine: Any, key: int, payload: Any, cancel: threading.Event, send: Any, cancels: Any
-) -> None:
-    tokens, sampling = payload
-    try:
-        for chunk in engine.generate(tokens, sampling, cancel):
-            send(("chunk", key, chunk))
-    except BaseException as exc:
-        send(("raise", key, pack_error(exc)))
-    finally:
-        cancels.pop(key, None)
-
-
-def main(argv: Sequence[str]) -> None:
-    # Ctrl-C in the terminal reaches the whole process group: the parent decides when to stop.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    conn = Connection(int(argv[1]))
-    try:
-        _serve(conn)
-    except (EOFError, OSError):
-        pass  # the parent is gone
-    finally:
-        sys.stdout.flush()
-        os._exit(0)  # llama.cpp's RPC threads must not run C++ destructors under us
-
-
-if __name__ == "__main__":
-    main(sys.argv)
