@@ -10,6 +10,7 @@ import math
 import re
 import urllib.request
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import ollama
@@ -296,3 +297,24 @@ def test_a_smaller_num_ctx_bounds_the_request(tiny_server: str) -> None:
     with pytest.raises(ollama.ResponseError) as small:
         client.chat(model="tiny", messages=prompt, options={"num_ctx": 64, "num_predict": 1})
     assert small.value.status_code == 400 and "maximum context length is 64" in small.value.error
+
+
+def test_the_tiny_mlx_model_through_ollamas_api(tiny_mlx_dir: Path) -> None:
+    pytest.importorskip("mlx_lm")
+    from impetus_cli.runtime.manager import ModelManager
+    from tests.fixtures.servers import Registry, server_settings, start_server
+
+    settings = server_settings()
+    manager = ModelManager(settings, store=Registry({"tiny-mlx": tiny_mlx_dir}), allow_paths=False)
+    with start_server(manager, settings) as url:
+        client = api(url)
+        cold = client.show("tiny-mlx")
+        assert cold.capabilities == ["completion", "tools", "insert"]  # from tokenizer.json
+        options = {"num_predict": 5, "temperature": 0}
+        parts = list(client.chat(model="tiny-mlx", messages=HELLO, options=options, stream=True))
+        assert parts[-1].done and parts[-1].eval_count == 5
+        assert client.show("tiny-mlx").capabilities == cold.capabilities  # the engine agrees
+        fim = client.generate(model="tiny-mlx", prompt="def f(", suffix=")\n", options=options)
+        assert fim.done and fim.prompt_eval_count
+        embedded = client.embed(model="tiny-mlx", input="hello")
+        assert len(embedded.embeddings[0]) == 64

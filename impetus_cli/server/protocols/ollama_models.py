@@ -183,10 +183,10 @@ def _fim_from_files(model: LocalModel) -> tuple[str, str, str] | None:
     from impetus_cli.runtime.gguf import vocabulary_has
 
     spellings = [t for group in FIM_GROUPS for t in group]
-    if model.format == "gguf":
-        found = vocabulary_has(model.path, spellings)
-    else:
+    if model.path.is_dir():  # MLX / safetensors: the tokenizer's own file
         found = _mlx_vocabulary_has(model.path, spellings)
+    else:
+        found = vocabulary_has(model.path, spellings)
     pre, suf, mid = (next((t for t in group if t in found), "") for group in FIM_GROUPS)
     return (pre, suf, mid) if pre and suf and mid else None
 
