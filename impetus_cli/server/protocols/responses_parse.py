@@ -94,6 +94,7 @@ def responses_request(body: Any, store: ResponseStore | None = None) -> Response
         sampling=sampling,
         tools=specs,
         tool_choice=choice,
+        parallel_tool_calls=flag(body, "parallel_tool_calls", default=True),
         keep_alive=keep_alive(body),
         response_format=text_format(body.get("text")),
         reasoning=reasoning(body.get("reasoning")),
