@@ -220,6 +220,7 @@ def test_embed_and_the_older_embeddings(tiny_server: str) -> None:
     short = client.embed(model="tiny", input="a cat", dimensions=8)
     assert len(short.embeddings[0]) == 8
     assert math.isclose(sum(v * v for v in short.embeddings[0]), 1.0, rel_tol=1e-4)
+    assert client.embed(model="tiny", input=[]).embeddings == []
     older = client.embeddings(model="tiny", prompt="a cat")
     assert list(older.embedding) == pytest.approx(list(both.embeddings[0]), rel=1e-4)
 
@@ -270,6 +271,7 @@ def test_errors_are_ollama_shaped_with_their_status(tiny_server: str) -> None:
         ("POST", "/api/chat", b"{not json", 400, "JSON"),
         ("POST", "/api/copy", {"source": "tiny", "destination": "t2"}, 400, "import"),
         ("POST", "/api/show", {"model": "nope"}, 404, "nope"),
+        ("POST", "/api/generate", {"model": "nope", "keep_alive": 0}, 404, "nope"),
         ("GET", "/api/chat", None, 405, "GET"),
         ("GET", "/api/nothing", None, 404, "/api/nothing"),
     ]

@@ -62,9 +62,8 @@ async def local_name(request: web.Request, name: str) -> str:
 async def _load_only(request: web.Request, ask: parse.LoadOnly, chat: bool) -> web.Response:
     manager = request.app[MANAGER]
     name = await local_name(request, ask.model)
-    if ask.unload:
-        with contextlib.suppress(ModelNotFound):  # not loaded is unloaded
-            await blocking(request, manager.unload, name)
+    if ask.unload:  # a model that is not loaded is unloaded already; an unknown one is a 404
+        await blocking(request, manager.unload, name)
     else:
         await blocking(request, manager.load, name, keep_alive=ask.keep_alive)
     return json_response(render.load_reply(ask.model, ask.unload, chat))
@@ -117,6 +116,8 @@ async def generate(request: web.Request) -> web.StreamResponse:
 async def embed(request: web.Request) -> web.Response:
     asked, texts, dimensions = await read_json(request, parse.embed_request)
     started = time.perf_counter()
+    if not texts:
+        return json_response(render.embed_reply(asked, [], 0, render.Timing(started)))
     name = await local_name(request, asked)
     vectors, tokens = await blocking(request, request.app[MANAGER].embed, name, texts)
     kept = [render.keep_dimensions(v, dimensions) for v in vectors]
