@@ -29,7 +29,7 @@ def prepare_chat(engine: Engine, request: ChatRequest, default_max_tokens: int) 
     """A chat request's prompt through the model's own template (tools, reasoning options),
     the grammar that enforces a forced tool choice or a response format, and the parser that
     reads the reply in the model's own tool-call and reasoning syntax."""
-    from impetus_cli.runtime.replies import reply_parser
+    from impetus_cli.runtime.replies import preserved_markers, reply_parser
     from impetus_cli.runtime.stops import stop_strings_for
     from impetus_cli.runtime.templates import render_chat
 
@@ -49,6 +49,7 @@ def prepare_chat(engine: Engine, request: ChatRequest, default_max_tokens: int) 
         request.sampling,
         stop=request.sampling.stop + stop_strings_for(info.architecture, template),
         grammar=_grammar(request, tools, template, info.architecture, prompt),
+        preserve=preserved_markers(template, info.architecture),
     )
     parser = reply_parser(template, info.architecture, tools=tools, prompt=prompt)
     budgeted = _budgeted(engine, tokens, sampling, default_max_tokens, request.num_ctx)

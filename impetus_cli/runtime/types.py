@@ -261,6 +261,10 @@ class SamplingParams:
     logprobs: int | None = None
     # Generate exactly max_tokens, past end-of-generation tokens (benchmarks, like llama-bench).
     ignore_eos: bool = False
+    # Texts of control tokens the reply must show (a model's tool-call and reasoning markers,
+    # e.g. gpt-oss's <|channel|>): an engine renders these tokens; other control tokens stay
+    # unrendered, as llama-server's "preserved tokens".
+    preserve: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -99,7 +99,9 @@ def _grammar(body: Mapping[str, Any]) -> str | None:
         return None
     if not isinstance(grammar, str):
         raise bad("'grammar' must be a GBNF grammar (a string).", "grammar")
-    return check_grammar(grammar)
+    from impetus_cli.runtime.grammar import user_grammar
+
+    return check_grammar(user_grammar(grammar))
 
 
 def _logit_bias(value: Any) -> dict[int, float] | None:
