@@ -7,7 +7,6 @@ progress. Every failure under /api/ answers ``{"error": "..."}`` with its HTTP s
 from __future__ import annotations
 
 import contextlib
-import logging
 import threading
 import time
 from dataclasses import replace
@@ -26,7 +25,6 @@ from impetus_cli.server.protocols import ollama_render as render
 from impetus_cli.server.protocols.ollama_pull import stream_pull
 from impetus_cli.server.streaming import respond
 
-log = logging.getLogger("impetus.server")
 # What /api/version reports. codex --oss refuses an Ollama older than 0.13.4 (it needs the
 # Responses API, which this server has); other clients gate features (tools, thinking,
 # structured outputs) on versions well below that. So: a release just past 0.13.4.
