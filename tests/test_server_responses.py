@@ -5,6 +5,7 @@ on real engines are in test_server_responses_real.py."""
 from __future__ import annotations
 
 import json
+import random
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import replace
@@ -224,3 +225,78 @@ async def test_recorded_codex_turns_get_the_events_codex_reads(
             else:
                 assert items[0]["type"] == "function_call" and items[0]["name"] == "exec_command"
                 assert json.loads(items[0]["arguments"]) == {"cmd": "ls"}
+
+
+VALID = {
+    "model": "fake",
+    "input": [
+        {"role": "developer", "content": "be brief"},
+        {"role": "user", "content": [{"type": "input_text", "text": "hello there"}]},
+        {"type": "function_call", "call_id": "c1", "name": "read_file", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c1", "output": "x"},
+    ],
+    "tools": [FN, {"type": "namespace", "name": "ns", "description": "", "tools": [FN]}],
+    "max_output_tokens": 5,
+    "store": False,
+}
+ODD = [None, [], {}, "", -1, 1.7e308, True, [[]], [{}], {"type": []}, {"type": {}}, "x" * 300]
+
+
+def malformed() -> list[tuple[str, bytes]]:
+    """Mutations of a valid request, and every field and item shape given odd values."""
+    rng = random.Random(4321)
+    valid = json.dumps(VALID).encode()
+    cases = []
+    for i in range(30):
+        data = bytearray(valid)
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(len(data))] = rng.randrange(32, 127)
+        cases.append((f"flipped #{i}", bytes(data)))
+        cases.append((f"truncated #{i}", valid[: rng.randrange(1, len(valid) - 1)]))
+    keys = [*VALID, "instructions", "tool_choice", "text", "reasoning", "include", "stream",
+            "previous_response_id", "metadata", "parallel_tool_calls", "temperature", "top_p",
+            "truncation", "background", "conversation", "keep_alive"]  # fmt: skip
+    items = [
+        lambda v: {"type": v},
+        lambda v: {"role": v, "content": "x"},
+        lambda v: {"role": "user", "content": v},
+        lambda v: {"role": "user", "content": [{"type": "input_image", "image_url": v}]},
+        lambda v: {"type": "function_call", "call_id": v, "name": "read_file", "arguments": v},
+        lambda v: {"type": "function_call_output", "call_id": "c1", "output": v},
+        lambda v: {"type": "reasoning", "content": v, "encrypted_content": v},
+        lambda v: {"type": "item_reference", "id": v},
+        lambda v: {"type": "custom_tool_call", "call_id": "c", "name": "x", "input": v},
+    ]
+    tools = [
+        lambda v: {"type": v},
+        lambda v: {"type": "function", "name": v, "parameters": v},
+        lambda v: {"type": "namespace", "name": "ns", "tools": v},
+        lambda v: {"type": "namespace", "name": v, "tools": [v]},
+        lambda v: {"type": "custom", "name": v},
+    ]
+    for value in ODD:
+        for key in keys:
+            cases.append((f"{key}={value!r:.20}", json.dumps({**VALID, key: value}).encode()))
+        for i, make in enumerate(items):
+            body = {**VALID, "input": [{"role": "user", "content": "x"}, make(value)]}
+            cases.append((f"item {i} {value!r:.20}", json.dumps(body).encode()))
+        for i, make in enumerate(tools):
+            body = {**VALID, "tools": [make(value)], "tool_choice": value}
+            cases.append((f"tool {i} {value!r:.20}", json.dumps(body).encode()))
+    return cases
+
+
+def test_malformed_requests_get_openai_errors_never_a_5xx(fake_server: str) -> None:
+    failures = []
+    for name, body in malformed():
+        FakeEngine.scripts.clear()
+        status, _, raw = raw_post(fake_server, "/v1/responses", body)
+        if status >= 500:
+            failures.append(f"{name}: {status} {raw[:300]!r}")
+        elif status >= 400:
+            error = json.loads(raw).get("error")
+            if not (isinstance(error, dict) and {"message", "type", "param", "code"} <= set(error)):
+                failures.append(f"{name}: {status} not OpenAI's error shape: {raw[:200]!r}")
+    assert failures == []
+    FakeEngine.enqueue(["still here"])
+    assert client(fake_server).responses.create(model="fake", input="x").output_text == "still here"

@@ -122,6 +122,8 @@ class _Reader:
 
     def read(self, item: Mapping[str, Any], param: str) -> None:
         kind = item.get("type") or ("message" if "role" in item else None)
+        if not isinstance(kind, str):
+            raise bad("Every input item needs a string 'type'.", f"{param}.type")
         if kind == "message":
             self.message(item, param)
         elif kind in ("function_call", "custom_tool_call"):

@@ -252,7 +252,7 @@ def tool_choice(
         return specs, _named(choice, names)
     if kind == "allowed_tools":
         return _allowed(choice, specs, names)
-    if kind in HOSTED_TOOLS:
+    if isinstance(kind, str) and kind in HOSTED_TOOLS:
         raise bad(
             f"tool_choice forces the hosted tool {kind!r}, which this server does not run.",
             "tool_choice",

@@ -55,8 +55,12 @@ class ResponseStore:
     def put(
         self, response: Mapping[str, Any], input_items: Sequence[Item], previous_id: str | None
     ) -> bool:
-        """Keep ``response`` under its id; False when it alone is larger than the store."""
-        size = len(json.dumps([response, list(input_items)], default=str))
+        """Keep ``response`` under its id; False when it alone is larger than the store (or
+        cannot be measured, which only a pathological request makes happen)."""
+        try:
+            size = len(json.dumps([response, list(input_items)], default=str))
+        except (ValueError, RecursionError):
+            return False
         entry = StoredResponse(response, tuple(input_items), previous_id, size)
         rid = str(response["id"])
         with self._lock:
