@@ -189,13 +189,16 @@ def messages(
     history: Sequence[Mapping[str, Any]],
     names: Mapping[str, ToolName],
     instructions: str | None = None,
+    stored: int = 0,
 ) -> list[ChatMessage]:
-    """The conversation as chat messages, ``instructions`` first as a system message."""
+    """The conversation as chat messages, ``instructions`` first as a system message. The
+    first ``stored`` items come from earlier turns; errors name the request's own items."""
     reader = _Reader(names)
     if instructions:
         reader.out.append(ChatMessage(role="system", content=instructions))
     for i, item in enumerate(history):
-        reader.read(obj(item, f"input[{i}]"), f"input[{i}]")
+        param = f"input[{i - stored}]" if i >= stored else "previous_response_id"
+        reader.read(obj(item, param), param)
     reader.flush()
     if not any(m.role != "system" for m in reader.out):
         raise bad("'input' holds no message for the model to answer.", "input")

@@ -76,17 +76,19 @@ class ResponsesCall:
 
 
 def responses_request(body: Any, store: ResponseStore | None = None) -> ResponsesCall:
+    """Validate and translate one request; ``store`` resolves ``previous_response_id`` and
+    ``item_reference`` (without one, both are "not found"). Raises ImpetusError (a 400)."""
     body = obj(body, "body")
     _refuse_unsupported(body)
     specs, names = tools(body.get("tools"))
     specs, choice = tool_choice(body.get("tool_choice"), specs, names)
     previous = text(body, "previous_response_id")
     own = own_items(body.get("input"), store, required=previous is None)
-    history = _history(previous, store) + list(own)
-    if len(history) > MAX_MESSAGES:
-        raise bad(f"'input' holds more than {MAX_MESSAGES} items.", "input")
+    earlier = _history(previous, store)
+    if len(earlier) + len(own) > MAX_MESSAGES:
+        raise bad(f"The conversation holds more than {MAX_MESSAGES} items.", "input")
     instructions = text(body, "instructions")
-    messages = items.messages(history, names, instructions)
+    messages = items.messages([*earlier, *own], names, instructions, stored=len(earlier))
     sampling = _sampling(body)
     chat = ChatRequest(
         model=model_id(body),
