@@ -300,3 +300,14 @@ def test_malformed_requests_get_openai_errors_never_a_5xx(fake_server: str) -> N
     assert failures == []
     FakeEngine.enqueue(["still here"])
     assert client(fake_server).responses.create(model="fake", input="x").output_text == "still here"
+
+
+def test_input_tokens_counts_what_a_create_would_evaluate(fake_server: str) -> None:
+    api = client(fake_server)
+    ask: dict[str, Any] = {"model": "fake", "input": VALID["input"], "instructions": "Be kind."}
+    counted = api.responses.input_tokens.count(**ask)
+    assert counted.object == "response.input_tokens" and counted.input_tokens > 0
+    reply = api.responses.create(**ask)
+    assert reply.usage is not None and reply.usage.input_tokens == counted.input_tokens
+    with pytest.raises(openai.NotFoundError):
+        api.responses.input_tokens.count(model="nope", input="x")

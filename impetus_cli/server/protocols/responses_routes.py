@@ -1,5 +1,6 @@
 """The OpenAI Responses API's routes: create (stateless as Codex uses it, or kept for
-``previous_response_id``), and retrieve, delete and list the input items of a kept response."""
+``previous_response_id``), count input tokens, and retrieve, delete and list the input items
+of a kept response."""
 
 from __future__ import annotations
 
@@ -46,6 +47,17 @@ async def create(request: web.Request) -> web.StreamResponse:
         call, call.chat.model, gen.prompt_tokens, keep if call.store else None
     )
     return await respond(request, gen, renderer, stream=call.stream)
+
+
+async def input_tokens(request: web.Request) -> web.Response:
+    """The prompt tokens a request would take (``client.responses.input_tokens.count``),
+    counted as a create would prepare it; nothing is evaluated."""
+    store = store_of(request.app)
+    call = await read_json(request, lambda body: parse.responses_request(body, store))
+    cancel = threading.Event()
+    manager = request.app[MANAGER]
+    count = await start_work(request, cancel, manager.count_chat_tokens, call.chat, cancel)
+    return json_response({"object": "response.input_tokens", "input_tokens": count})
 
 
 def _stored(request: web.Request) -> StoredResponse:
@@ -102,6 +114,7 @@ async def input_items(request: web.Request) -> web.Response:
 
 ROUTES = {
     ("POST", "/v1/responses"): create,
+    ("POST", "/v1/responses/input_tokens"): input_tokens,
     ("GET", "/v1/responses/{response_id}"): retrieve,
     ("DELETE", "/v1/responses/{response_id}"): delete,
     ("GET", "/v1/responses/{response_id}/input_items"): input_items,
