@@ -241,6 +241,8 @@ def test_empty_messages_load_and_keep_alive_zero_unloads(tiny_server: str) -> No
     gone = client.generate(model="tiny", prompt="", keep_alive=0)
     assert gone.done_reason == "unload" and gone.response == ""
     assert "tiny" not in [m.model for m in client.ps().models]
+    client.generate(model="tiny", prompt="hi", options={"num_predict": 1}, keep_alive="0s")
+    assert "tiny" not in [m.model for m in client.ps().models]  # unloaded after its reply
 
 
 def test_errors_are_ollama_shaped_with_their_status(tiny_server: str) -> None:
