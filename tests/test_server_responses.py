@@ -311,3 +311,21 @@ def test_input_tokens_counts_what_a_create_would_evaluate(fake_server: str) -> N
     assert reply.usage is not None and reply.usage.input_tokens == counted.input_tokens
     with pytest.raises(openai.NotFoundError):
         api.responses.input_tokens.count(model="nope", input="x")
+
+
+def test_logprobs_come_with_the_text_when_included(fake_server: str) -> None:
+    api = client(fake_server)
+    FakeEngine.enqueue(["a", "b"])
+    ask: dict[str, Any] = {"model": "fake", "input": "x"}
+    reply = api.responses.create(**ask, include=["message.output_text.logprobs"], top_logprobs=2)
+    part = reply.output[0].content[0]  # type: ignore[union-attr]
+    assert [(p.token, p.logprob) for p in part.logprobs] == [("1", -0.1), ("2", -0.2)]  # type: ignore[union-attr]
+    assert [len(p.top_logprobs) for p in part.logprobs] == [2, 2]  # type: ignore[union-attr]
+    FakeEngine.enqueue(["a", "b"])
+    body = {**ask, "stream": True, "include": ["message.output_text.logprobs"]}
+    events = events_of(raw_post(fake_server, "/v1/responses", body)[2])
+    deltas = [e["logprobs"] for e in events if e["type"] == "response.output_text.delta"]
+    assert [[p["token"] for p in d] for d in deltas] == [["1"], ["2"]]
+    FakeEngine.enqueue(["a"])
+    plain = api.responses.create(**ask)
+    assert plain.output[0].content[0].logprobs == []  # type: ignore[union-attr]

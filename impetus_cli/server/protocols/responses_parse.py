@@ -34,6 +34,7 @@ from impetus_cli.server.protocols.openai_parse import tool_spec
 from impetus_cli.server.protocols.responses_items import ToolName
 from impetus_cli.server.protocols.responses_store import Item, ResponseStore
 
+LOGPROBS = "message.output_text.logprobs"
 EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 # Tools that OpenAI runs on its side; the model here cannot call them.
 HOSTED_TOOLS = frozenset(
@@ -89,7 +90,8 @@ def responses_request(body: Any, store: ResponseStore | None = None) -> Response
         raise bad(f"The conversation holds more than {MAX_MESSAGES} items.", "input")
     instructions = text(body, "instructions")
     messages = items.messages([*earlier, *own], names, instructions, stored=len(earlier))
-    sampling = _sampling(body)
+    include = _include(body.get("include"))
+    sampling = _sampling(body, include)
     chat = ChatRequest(
         model=model_id(body),
         messages=tuple(messages),
@@ -109,7 +111,7 @@ def responses_request(body: Any, store: ResponseStore | None = None) -> Response
         previous_response_id=previous,
         echo=_echo(body, sampling, instructions),
         tool_names=names,
-        include=_include(body.get("include")),
+        include=include,
     )
 
 
@@ -335,11 +337,14 @@ def reasoning(value: Any) -> Reasoning:
     return Reasoning(enabled=True, effort="high" if effort == "xhigh" else effort)
 
 
-def _sampling(body: Mapping[str, Any]) -> SamplingParams:
-    """OpenAI's sampling fields, and llama-server's extensions that map onto ours."""
+def _sampling(body: Mapping[str, Any], include: frozenset[str]) -> SamplingParams:
+    """OpenAI's sampling fields, and llama-server's extensions that map onto ours. Logprobs
+    come with ``include: ["message.output_text.logprobs"]``, ``top_logprobs`` alternatives."""
     defaults = SamplingParams()
     seed = integer(body, "seed", -(2**63), 2**63 - 1)
     top_k = integer(body, "top_k", 0, 100_000)
+    top = integer(body, "top_logprobs", 0, 20)
+    logprobs = (top or 0) if LOGPROBS in include else None
     return SamplingParams(
         max_tokens=max_tokens(body, "max_output_tokens"),
         temperature=number(body, "temperature", 0, 2, defaults.temperature) or 0.0,
@@ -348,6 +353,7 @@ def _sampling(body: Mapping[str, Any]) -> SamplingParams:
         min_p=number(body, "min_p", 0, 1, defaults.min_p) or 0.0,
         seed=seed,
         stop=stop_list(body.get("stop"), "stop"),
+        logprobs=logprobs,
     )
 
 

@@ -22,6 +22,7 @@ from impetus_cli.errors import ImpetusError
 from impetus_cli.runtime.summary import StreamSummary
 from impetus_cli.runtime.types import GenerationChunk, ToolCall, ToolCallDelta
 from impetus_cli.server.http import dumps
+from impetus_cli.server.protocols.openai_render import TokenBytes, chat_logprobs
 from impetus_cli.server.protocols.responses_items import CUSTOM_INPUT, ToolName, encode_reasoning
 from impetus_cli.server.protocols.responses_parse import ResponsesCall
 
@@ -58,9 +59,15 @@ class ResponsesRenderer:
     keep_chunks = True  # a whole reply is rebuilt from its chunks by the same machine
 
     def __init__(
-        self, call: ResponsesCall, model: str, prompt_tokens: int, on_done: OnDone | None = None
+        self,
+        call: ResponsesCall,
+        model: str,
+        prompt_tokens: int,
+        on_done: OnDone | None = None,
+        piece: TokenBytes | None = None,
     ):
         self.call, self.model, self.prompt_tokens = call, model, prompt_tokens
+        self.piece = piece  # a token's bytes, for logprobs
         self.on_done = on_done
         self.id = new_id("resp")
         self.created_at = int(time.time())
@@ -115,7 +122,7 @@ class ResponsesRenderer:
                 self.reasoning_tokens += len(chunk.token_ids)
             out += self._text("reasoning", chunk.reasoning)
         if chunk.text:
-            out += self._text("message", chunk.text)
+            out += self._text("message", chunk.text, self._logprobs(chunk))
         for delta in chunk.tool_call_deltas:
             out += self._call_delta(delta)
         for call in chunk.tool_calls:
@@ -161,7 +168,12 @@ class ResponsesRenderer:
 
     # -- message and reasoning items -------------------------------------------------------
 
-    def _text(self, kind: str, text: str) -> list[bytes]:
+    def _logprobs(self, chunk: GenerationChunk) -> list[Json]:
+        if not chunk.logprobs or self.piece is None:
+            return []
+        return list(chat_logprobs([chunk], self.piece)["content"])
+
+    def _text(self, kind: str, text: str, logprobs: list[Json] | None = None) -> list[bytes]:
         out: list[bytes] = []
         if self.open is None or self.output[self.open]["type"] != kind:
             out += self._close_open()
@@ -169,9 +181,13 @@ class ResponsesRenderer:
         index = self.open
         assert index is not None
         item = self.output[index]
-        item["content"][0]["text"] += text
+        part = item["content"][0]
+        part["text"] += text
         name = "output_text" if kind == "message" else "reasoning_text"
-        extra: Json = {"logprobs": []} if kind == "message" else {}
+        extra: Json = {}
+        if kind == "message":
+            part["logprobs"] += logprobs or []
+            extra["logprobs"] = logprobs or []
         return out + self._event(
             f"response.{name}.delta",
             item_id=item["id"],
@@ -222,7 +238,9 @@ class ResponsesRenderer:
         part = item["content"][0]
         where = {"item_id": item["id"], "output_index": index, "content_index": 0}
         if item["type"] == "message":
-            out = self._event("response.output_text.done", text=part["text"], logprobs=[], **where)
+            out = self._event(
+                "response.output_text.done", text=part["text"], logprobs=part["logprobs"], **where
+            )
         else:
             out = self._event("response.reasoning_text.done", text=part["text"], **where)
             if "reasoning.encrypted_content" in self.call.include:

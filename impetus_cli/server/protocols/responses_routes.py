@@ -44,7 +44,7 @@ async def create(request: web.Request) -> web.StreamResponse:
         store.put(response, call.input_items, call.previous_response_id)
 
     renderer = ResponsesRenderer(
-        call, call.chat.model, gen.prompt_tokens, keep if call.store else None
+        call, call.chat.model, gen.prompt_tokens, keep if call.store else None, gen.token_bytes
     )
     return await respond(request, gen, renderer, stream=call.stream)
 
