@@ -27,6 +27,7 @@ from impetus_cli.errors import InsufficientMemory, InvalidModelName, ModelNotFou
 from impetus_cli.runtime import quant as quantization
 from impetus_cli.runtime.hardware import expected_speeds
 from impetus_cli.runtime.inspect import config_recurrent
+from impetus_cli.runtime.quant import HEADROOM, PREFERENCE
 from impetus_cli.runtime.tuning import kv_bytes as plan_kv_bytes
 from impetus_cli.runtime.types import Format, HardwareProfile, ModelInfo, ModelRef
 
@@ -52,10 +53,8 @@ BITS_PER_WEIGHT = {
     "BF16": 16.0,
 }
 MLX_BITS = {"4bit": 4.5, "8bit": 8.5}  # group scales add about half a bit
-# Quality order when several fit; Q4_K_M is the usual sweet spot, higher only with room to spare.
-PREFERENCE = ("Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M")
-HEADROOM = 1.5  # a higher-than-Q4_K_M quant must fit this many times over
-# ... and keep decoding at least this fast (tok/s): the slowest chip's target in APPLE_SILICON.md.
+# A higher quantization than Q4_K_M (quant.PREFERENCE) must also keep decoding at least this
+# fast (tok/s): the slowest chip's target in APPLE_SILICON.md.
 SPEED_FLOOR = 15.0
 MLX_FILES = ("*.json", "*.safetensors", "*.model", "*.txt", "*.jinja")
 
@@ -386,39 +385,3 @@ def is_builtin(ref: ModelRef) -> bool:
     return (
         bool(size.get("builtin")) and ref.format in (None, "gguf") and ref.quant in (None, "q4_k_m")
     )
-
-
-def choose_gguf_file(
-    files: dict[str, int], budget_bytes: int, kv: int, ctx: int
-) -> tuple[str, str]:
-    """For `hf:org/repo` without a quantization: pick among the repo's GGUF files by size."""
-    by_quant = {
-        quantization.from_filename(f): f
-        for f in sorted(files)
-        if quantization.from_filename(f) and "mmproj" not in f
-    }
-    candidates = [q for q in PREFERENCE if q in by_quant] or [q for q in by_quant if q]
-    for q in candidates:
-        size = files[by_quant[q]]
-        room = (
-            HEADROOM
-            if q in PREFERENCE and PREFERENCE.index(q) < PREFERENCE.index("Q4_K_M")
-            else 1.0
-        )
-        if (size + kv) * room <= budget_bytes:
-            return (
-                by_quant[q],
-                f"{q}: {size / 1e9:.1f} GB + {kv / 1e9:.1f} GB KV at {ctx // 1024}k context fits the {budget_bytes / 1e9:.1f} GB budget",
-            )
-    if not files:
-        raise ModelNotFound(
-            "The repository holds no GGUF file.", "Name a GGUF repository, or an MLX one."
-        )
-    smallest = min(files, key=lambda f: files[f])
-    if files[smallest] + kv > budget_bytes:
-        raise InsufficientMemory(
-            f"The smallest file, {smallest} ({files[smallest] / 1e9:.1f} GB), does not fit the "
-            f"{budget_bytes / 1e9:.1f} GB budget.",
-            "Pick a smaller model.",
-        )
-    return smallest, f"{smallest}: the smallest file in the repository"

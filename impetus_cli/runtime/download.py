@@ -77,7 +77,7 @@ def _hf_gguf(ref: ModelRef, repo: RepoFiles, budget: int, ctx: int) -> _Choice:
             )
         filename, reason = sorted(match)[0], f"{ref.quant.upper()}: as asked"
     else:
-        filename, reason = catalog.choose_gguf_file(models, budget, 0, ctx)
+        filename, reason = quant.choose_gguf_file(models, budget, 0, ctx)
     found = quant.from_filename(filename)
     tag = ref.filename or found or filename
     return _Choice(f"hf.co/{repo.repo}:{tag}", "gguf", _parts(filename, repo), found, reason)

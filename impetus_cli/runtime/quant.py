@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
+from impetus_cli.errors import InsufficientMemory, ModelNotFound
+
 # llama.cpp's quantization names: Q4_K_M, Q8_0, IQ4_XS, TQ1_0, Q4_0_4_4, Q4_K_XL (unsloth's
 # dynamic builds), MXFP4 (gpt-oss), and unquantized F16 / BF16 / F32.
 _GGUF = r"i?q\d(?:_[a-z0-9]+)*|tq\d_\d|mxfp4|bf16|f16|f32"
@@ -83,3 +85,43 @@ def split_set(filename: str) -> list[str]:
         return [filename]
     directory = str(PurePosixPath(filename).parent)
     return part.names("" if directory == "." else directory)
+
+
+# The quantizations chosen for a model, best first: a higher-than-Q4_K_M one only where it
+# fits this many times over (room for the context to grow), Q3_K_M when nothing else fits.
+PREFERENCE = ("Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M")
+HEADROOM = 1.5
+
+
+def choose_gguf_file(
+    files: dict[str, int], budget_bytes: int, kv: int, ctx: int
+) -> tuple[str, str]:
+    """For `hf:org/repo` without a quantization: pick among the repo's GGUF files by size."""
+    by_quant = {
+        from_filename(f): f for f in sorted(files) if from_filename(f) and "mmproj" not in f
+    }
+    candidates = [q for q in PREFERENCE if q in by_quant] or [q for q in by_quant if q]
+    for q in candidates:
+        size = files[by_quant[q]]
+        room = (
+            HEADROOM
+            if q in PREFERENCE and PREFERENCE.index(q) < PREFERENCE.index("Q4_K_M")
+            else 1.0
+        )
+        if (size + kv) * room <= budget_bytes:
+            return (
+                by_quant[q],
+                f"{q}: {size / 1e9:.1f} GB + {kv / 1e9:.1f} GB KV at {ctx // 1024}k context fits the {budget_bytes / 1e9:.1f} GB budget",
+            )
+    if not files:
+        raise ModelNotFound(
+            "The repository holds no GGUF file.", "Name a GGUF repository, or an MLX one."
+        )
+    smallest = min(files, key=lambda f: files[f])
+    if files[smallest] + kv > budget_bytes:
+        raise InsufficientMemory(
+            f"The smallest file, {smallest} ({files[smallest] / 1e9:.1f} GB), does not fit the "
+            f"{budget_bytes / 1e9:.1f} GB budget.",
+            "Pick a smaller model.",
+        )
+    return smallest, f"{smallest}: the smallest file in the repository"
