@@ -10,13 +10,13 @@ from typing import Any
 
 from typer.testing import CliRunner
 
-from impetus_cli.services.agentbench import run_agent_bench, summary_rows
 from impetus_cli.cli import app
 from impetus_cli.client import ImpetusClient
-from impetus_cli.commands.bench import _expectations
 from impetus_cli.runtime.bench import BenchRun, run_tests
 from impetus_cli.runtime.hardware import parse_macos
 from impetus_cli.runtime.types import ModelInfo
+from impetus_cli.services.agentbench import run_agent_bench, summary_rows
+from impetus_cli.services.bench import expectations
 
 DATA = Path(__file__).parent / "data" / "macos"
 
@@ -80,14 +80,14 @@ def result(test: str, tps: float) -> Any:
 
 def test_results_under_80_percent_of_the_chips_expectation_are_flagged() -> None:
     hw = mac("m1-max")
-    expected, flags = _expectations(hw, info(), 0, (result("pp512", 500.0), result("tg128", 20.0)))
+    expected, flags = expectations(hw, info(), 0, (result("pp512", 500.0), result("tg128", 20.0)))
     assert expected["tg128"] > 40 and expected["pp512"] > 300
     assert len(flags) == 1 and flags[0].startswith("tg128") and "Metal" in flags[0]
 
 
 def test_rosetta_is_named_as_the_likely_cause() -> None:
     hw = replace(mac("m1-rosetta"))
-    _, flags = _expectations(hw, info(), 0, (result("tg128", 1.0),))
+    _, flags = expectations(hw, info(), 0, (result("tg128", 1.0),))
     assert "Rosetta" in flags[0]
 
 

@@ -1,15 +1,13 @@
 """`impetus bench`: how fast this machine runs a model, and how fast it should.
 
-Local mode runs llama-bench's protocol on our engines (runtime/bench.py); ``--server URL``
-measures a running OpenAI-compatible server the way an agent uses it (agentbench.py);
-``--history`` shows past runs saved under IMPETUS_HOME/bench/.
+Local mode runs llama-bench's protocol on our engines (services/bench.py); ``--server URL``
+measures a running OpenAI-compatible server the way an agent uses it (services/agentbench.py);
+``--history`` shows past runs saved under IMPETUS_HOME/bench/. This module parses and renders.
 """
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -21,8 +19,6 @@ from impetus_cli.errors import ImpetusError
 if TYPE_CHECKING:
     from impetus_cli.runtime.bench import BenchRun
     from impetus_cli.runtime.config import Settings
-    from impetus_cli.runtime.manager import ModelManager
-    from impetus_cli.runtime.types import LocalModel
 
 
 def register(app: typer.Typer) -> None:
@@ -84,149 +80,27 @@ def bench(
 def _bench_local(
     settings: Settings, model: str, backend: str, n_prompt: int, n_gen: int, reps: int, depth: int
 ) -> list[BenchRun]:
-    from dataclasses import replace
-
-    from impetus_cli.runtime.manager import ModelManager
-
-    # A context just large enough for the test keeps the KV cache small.
-    settings = replace(settings, ctx=max(2048, depth + n_prompt + n_gen + 64), parallel=1)
-    manager = ModelManager(settings)
-    try:
-        runs = []
-        for local in _models_for(manager, model, backend):
-            runs.append(_bench_one(manager, local, settings, n_prompt, n_gen, reps, depth))
-            _save(settings, runs[-1])
-        return runs
-    finally:
-        manager.close()
-
-
-def _models_for(manager: ModelManager, name: str, backend: str) -> list[LocalModel]:
-    if backend not in ("gguf", "mlx", "both"):
-        raise ImpetusError(f"Unknown backend {backend!r}", "Use --backend gguf, mlx or both.")
-    first = manager.resolve(name)
-    if backend != "both":
-        return [first]
-    stem = first.name.removesuffix("-mlx").removesuffix("-gguf")
-    same = [
-        m for m in manager.available() if m.name.removesuffix("-mlx").removesuffix("-gguf") == stem
-    ]
-    by_format = {("gguf" if m.format == "gguf" else "mlx"): m for m in [first, *same]}
-    if len(by_format) < 2:
-        err_console().print(
-            f"[yellow]{name} is only local in {first.format} form: benchmarking that.[/]"
-        )
-    return list(by_format.values())
-
-
-def _bench_one(
-    manager: ModelManager,
-    local: LocalModel,
-    settings: Settings,
-    n_prompt: int,
-    n_gen: int,
-    reps: int,
-    depth: int,
-) -> BenchRun:
     from rich.progress import Progress
 
-    from impetus_cli.runtime import bench as protocol
-    from impetus_cli.runtime.engines import load_engine
-    from impetus_cli.runtime.hardware import detect
-    from impetus_cli.runtime.inspect import inspect_model
+    from impetus_cli.services.bench import bench_local
 
-    plan, info, hw = manager.plan(local.name), inspect_model(local.path), detect()
     with Progress(console=err_console(), transient=True) as bar:
-        task = bar.add_task(f"loading {local.name}", total=None)
-        engine = load_engine(plan, info)
-        try:
+        task = bar.add_task("loading", total=None)
 
-            def step(test: str, rep: int, total: int) -> None:
-                bar.update(task, description=f"{local.name} {test}", completed=rep, total=total)
+        def step(name: str, test: str, rep: int, total: int) -> None:
+            bar.update(task, description=f"{name} {test}", completed=rep, total=total or None)
 
-            results = protocol.run_tests(
-                engine, n_prompt=n_prompt, n_gen=n_gen, reps=reps, depth=depth, progress=step
-            )
-        finally:
-            engine.close()
-    expected, flags = _expectations(hw, info, depth, results)
-    return protocol.BenchRun(
-        time=time.time(),
-        impetus_version=_version(),
-        backend=protocol.backend_version(local.format),
-        model=local.name,
-        model_file=str(local.path),
-        model_bytes=info.file_bytes,
-        n_params=info.n_params,
-        quantization=info.quantization,
-        hardware=protocol.hardware_record(hw),
-        threads=plan.n_threads,
-        gpu_layers=plan.n_gpu_layers,
-        n_batch=plan.n_batch,
-        n_ubatch=plan.n_ubatch,
-        flash_attn=plan.flash_attn,
-        n_ctx=plan.n_ctx,
-        results=results,
-        expected=expected,
-        flags=flags,
-    )
-
-
-def _version() -> str:
-    from impetus_cli import __version__
-
-    return __version__
-
-
-def _expectations(hw, info, depth, results):  # type: ignore[no-untyped-def]
-    """Expected tokens/s per test, and flags for results under 80% of it."""
-    from impetus_cli.runtime import bench as protocol
-    from impetus_cli.runtime.hardware import expected_speeds
-
-    kv = info.kv_bytes_per_token() * depth
-    bandwidth = None if hw.apple_silicon else protocol.measure_bandwidth()
-    speeds = expected_speeds(
-        hw,
-        info.file_bytes,
-        kv,
-        info.n_params,
-        bandwidth_gbs=bandwidth,
-        active_params=info.active_params,
-    )
-    expected: dict[str, float] = {}
-    flags: list[str] = []
-    for result in results:
-        kind = "pp" if result.test.startswith("pp") else "tg"
-        target = speeds.get(kind)
-        if not target:
-            continue
-        expected[result.test] = target
-        if result.mean < 0.8 * target:
-            flags.append(
-                f"{result.test}: {result.mean:.1f} tok/s is {result.mean / target:.0%} of the "
-                f"expected {target:.1f}. {_likely_causes(hw)}"
-            )
-    return expected, tuple(flags)
-
-
-def _likely_causes(hw) -> str:  # type: ignore[no-untyped-def]
-    if hw.rosetta:
-        return "Python runs under Rosetta: install an arm64 Python."
-    if hw.apple_silicon:
-        return "Likely causes: llama.cpp built without Metal, other load, Low Power Mode."
-    return "Likely causes: other load on the CPU, too many threads, memory bandwidth shared."
-
-
-def _save(settings: Settings, run: BenchRun) -> Path:
-    from impetus_cli.runtime.fs import atomic_write_json
-
-    settings.bench_dir.mkdir(parents=True, exist_ok=True)
-    path = (
-        settings.bench_dir
-        / f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(run.time))}-{run.model.replace('/', '_').replace(':', '_')}.json"
-    )
-    atomic_write_json(path, run.to_dict())
-    return path
+        return bench_local(
+            settings,
+            model,
+            backend,
+            n_prompt,
+            n_gen,
+            reps,
+            depth,
+            step,
+            lambda text: err_console().print(f"[yellow]{text}[/]"),
+        )
 
 
 def _render_runs(runs: list[BenchRun], as_json: bool, as_csv: bool) -> None:
@@ -270,14 +144,11 @@ def _render_runs(runs: list[BenchRun], as_json: bool, as_csv: bool) -> None:
 
 
 def _show_history(settings: Settings, as_json: bool) -> None:
-    from impetus_cli.runtime.bench import BenchRun
+    from impetus_cli.services.bench import history
 
-    runs = []
-    for path in sorted(settings.bench_dir.glob("*.json")):
-        try:
-            runs.append(BenchRun.from_dict(json.loads(path.read_text(encoding="utf-8"))))
-        except (OSError, ValueError, KeyError, TypeError):
-            err_console().print(f"[yellow]skipping unreadable {path.name}[/]")
+    runs, skipped = history(settings)
+    for name in skipped:
+        err_console().print(f"[yellow]skipping unreadable {name}[/]")
     if as_json:
         print_json([r.to_dict() for r in runs])
         return
@@ -321,8 +192,8 @@ def _bench_server(
 ) -> None:
     from rich.table import Table
 
-    from impetus_cli.services.agentbench import run_agent_bench, summary_rows
     from impetus_cli.client import ImpetusClient
+    from impetus_cli.services.agentbench import run_agent_bench, summary_rows
 
     client = ImpetusClient(url, api_key=settings.api_key)
     if model is None:
