@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from impetus_cli.errors import ConfigError
+from impetus_cli.runtime.remote.config import RemoteConfig, parse_remotes
 
 DEFAULT_MODEL = "gemma3:270m"
 DEFAULT_PORT = 8080
@@ -51,6 +52,8 @@ class Settings:
     discover: bool = True  # list other tools' models too
     # llama.cpp RPC workers (`impetus worker`) that GGUF models' layers are split across
     rpc: tuple[str, ...] = ()  # "host:port" each; runtime/rpc.py
+    # OpenAI-compatible upstreams served as NAME/MODEL ([[remote]] tables, --remote [NAME=]URL)
+    remote: tuple[RemoteConfig, ...] = ()  # runtime/remote
 
     @property
     def manifests_dir(self) -> Path:
@@ -107,6 +110,8 @@ def _coerce(name: str, raw: Any, fields: dict[str, dataclasses.Field[Any]]) -> A
             return None
         if name == "memory_budget":
             return parse_size(raw)
+        if name == "remote":
+            return parse_remotes(raw)
         if "Path" in kind:
             return Path(str(raw)).expanduser()
         if "tuple" in kind:

@@ -29,6 +29,7 @@ from impetus_cli.runtime.loaded import Loaded, no_room
 from impetus_cli.runtime.loop_guard import LoopGuard
 from impetus_cli.runtime.metrics import Event, EventBus, Metrics
 from impetus_cli.runtime.prepare import Prepared, prepare_chat, prepare_completion
+from impetus_cli.runtime.remote.registry import Remotes
 from impetus_cli.runtime.resolver import ModelSource, Resolver
 from impetus_cli.runtime.status import ServerStatus
 from impetus_cli.runtime.status_report import server_status
@@ -87,6 +88,7 @@ class ModelManager:
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
+        self.remotes = Remotes.of(settings, self.metrics, self.bus)  # NAME/MODEL upstreams
 
     # -- names and plans (runtime/resolver.py) ---------------------------------------------
 
@@ -229,7 +231,7 @@ class ModelManager:
         def prepare(engine: Engine) -> Prepared:
             return prepare_chat(engine, request, self.settings.max_tokens)
 
-        return self._start(request.model, request.keep_alive, prepare, cancel, request.num_ctx)
+        return self._start(request, prepare, cancel)
 
     def start_completion(
         self, request: CompletionRequest, cancel: threading.Event | None = None
@@ -237,12 +239,14 @@ class ModelManager:
         def prepare(engine: Engine) -> Prepared:
             return prepare_completion(engine, request, self.settings.max_tokens)
 
-        return self._start(request.model, request.keep_alive, prepare, cancel, request.num_ctx)
+        return self._start(request, prepare, cancel)
 
     def count_chat_tokens(self, request: ChatRequest, cancel: threading.Event | None = None) -> int:
         """The prompt tokens ``request`` takes on its model (count_tokens endpoints): prepared
         exactly as ``start_chat`` prepares it, nothing evaluated. A prompt over the context is
         counted all the same: clients ask in order to trim."""
+        if self.remotes.owns(request.model):
+            return self.remotes.count_chat_tokens(request, cancel)
         entry = self._lease(request.model, request.keep_alive, cancel)
         try:
             return len(prepare_chat(entry.engine, request, self.settings.max_tokens).tokens)
@@ -252,6 +256,8 @@ class ModelManager:
             self._release(entry)
 
     def embed(self, model: str, texts: list[str]) -> tuple[list[list[float]], int]:
+        if self.remotes.owns(model):
+            return self.remotes.embed(model, texts)
         entry = self._lease(model, None)
         try:
             n_tokens = sum(len(entry.engine.tokenize(t)) for t in texts)
@@ -261,18 +267,18 @@ class ModelManager:
 
     def _start(
         self,
-        name: str,
-        keep_alive: float | None,
+        request: ChatRequest | CompletionRequest,
         prepare: Callable[[Engine], Prepared],
         cancel: threading.Event | None,
-        num_ctx: int | None = None,
     ) -> Generation:
         """Lease a slot, prepare the request on its engine, and start the generation; the
         slot goes back when the generation ends (or here, if anything fails first)."""
+        if self.remotes.owns(request.model):
+            return self.remotes.start(request, cancel)
         cancel = cancel or threading.Event()
-        if num_ctx:
-            self._fit_context(self.resolve(name), num_ctx)
-        entry = self._lease(name, keep_alive, cancel)
+        if request.num_ctx:
+            self._fit_context(self.resolve(request.model), request.num_ctx)
+        entry = self._lease(request.model, request.keep_alive, cancel)
         try:
             job = prepare(entry.engine)
             stream = entry.engine.generate(job.tokens, job.sampling, cancel)
@@ -406,10 +412,11 @@ class ModelManager:
             return list(self._loaded.values())
 
     def status(self) -> ServerStatus:
-        return server_status(self, __version__)
+        return self.remotes.add_to(server_status(self, __version__))
 
     def close(self) -> None:
         self._stop.set()
+        self.remotes.close()
         with self._lock:
             entries = [*self._loaded.values(), *self._closing]
             self._loaded.clear()

@@ -64,6 +64,22 @@ class Throughput:
 
 
 @dataclass(frozen=True)
+class RemoteStatus:
+    """One remote upstream (runtime/remote): its state ("unknown", "up" or "down"), the
+    models it serves as ``NAME/MODEL``, and why it is down. Never its key."""
+
+    name: str
+    url: str
+    state: str = "unknown"
+    models: tuple[str, ...] = ()
+    last_error: str | None = None
+    in_flight: int = 0
+    requests: int = 0
+    retry_in_s: float | None = None  # while down: seconds until the next probe
+    checked_at: float = 0.0
+
+
+@dataclass(frozen=True)
 class ServerStatus:
     version: str
     hardware: dict[str, Any] = field(default_factory=dict)
@@ -73,6 +89,7 @@ class ServerStatus:
     models: tuple[ModelStatus, ...] = ()
     throughput: Throughput = field(default_factory=Throughput)
     recent_requests: tuple[RequestRecord, ...] = ()
+    remotes: tuple[RemoteStatus, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -93,6 +110,7 @@ class ServerStatus:
             recent_requests=tuple(
                 _build(RequestRecord, r) for r in data.get("recent_requests") or ()
             ),
+            remotes=tuple(_build(RemoteStatus, r) for r in data.get("remotes") or ()),
         )
 
     def model(self, name: str) -> ModelStatus | None:

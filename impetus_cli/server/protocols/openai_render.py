@@ -227,7 +227,10 @@ class ChatRenderer:
                     "finish_reason": summary.finish_reason,
                 }
             ],
-            "usage": usage(self.prompt_tokens, f.completion_tokens, f.cached_tokens),
+            # A remote model's prompt size is known only from its final chunk (runtime/remote).
+            "usage": usage(
+                f.prompt_tokens or self.prompt_tokens, f.completion_tokens, f.cached_tokens
+            ),
             "timings": timings(summary.final),
         }
 
@@ -297,7 +300,9 @@ class CompletionRenderer:
         logprobs = completion_logprobs(summary.chunks, self.piece) if self.logprobs else None
         f = summary.final or GenerationChunk()
         out = self._chunk(summary.text, summary.finish_reason, logprobs)
-        out["usage"] = usage(self.prompt_tokens, f.completion_tokens, f.cached_tokens)
+        out["usage"] = usage(
+            f.prompt_tokens or self.prompt_tokens, f.completion_tokens, f.cached_tokens
+        )
         out["timings"] = timings(summary.final)
         return out
 
@@ -312,7 +317,7 @@ def usage_chunk(
         "created": int(time.time()),
         "model": model,
         "choices": [],
-        "usage": usage(prompt, f.completion_tokens, f.cached_tokens),
+        "usage": usage(f.prompt_tokens or prompt, f.completion_tokens, f.cached_tokens),
         "timings": timings(final),
     }
 

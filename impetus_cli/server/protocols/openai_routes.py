@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from impetus_cli.errors import ImpetusError
+from impetus_cli.runtime.remote.registry import RemoteEntry
 from impetus_cli.server.http import blocking, json_response, read_json, start_work
 from impetus_cli.server.keys import MANAGER
 from impetus_cli.server.protocols import openai_parse as parse
@@ -91,7 +92,24 @@ def model_entries(request: web.Request) -> list[dict[str, Any]]:
                 "base_model": bool(base),
             }
         )
-    return entries
+    return entries + remote_entries(manager.remotes.listing())
+
+
+def remote_entries(models: list[RemoteEntry]) -> list[dict[str, Any]]:
+    """Remote models as ``NAME/MODEL``, from their upstreams' last known lists; ``status`` is
+    "down" while the upstream does not answer (its requests then fail fast with a 503)."""
+    return [
+        {
+            "id": m.id,
+            "object": "model",
+            "created": 0,
+            "owned_by": f"remote:{m.remote}",
+            "context_length": m.context_length,
+            "loaded": m.up,
+            "status": "up" if m.up else "down",
+        }
+        for m in models
+    ]
 
 
 async def list_models(request: web.Request) -> web.Response:

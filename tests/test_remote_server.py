@@ -1,0 +1,283 @@
+"""Remote engines through a real upstream: a second `impetus serve` on loopback serving the tiny
+GGUF (llama.cpp, random weights), behind a proxy `impetus serve --remote up=URL`.
+
+The upstream requires its own key, which the proxy reads from the environment; the proxy
+requires another (local auth applies to remote models too). Replies through the proxy are
+compared with the same requests sent to the upstream directly, at temperature 0.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from impetus_cli.runtime.manager import ModelManager
+from impetus_cli.runtime.remote.config import RemoteConfig
+from tests.fixtures.servers import Registry, server_settings, start_server
+from tests.test_server_openai import raw_post
+
+pytest.importorskip("llama_cpp")
+
+UPSTREAM_KEY = "upstream-secret-7f3a9c"
+LOCAL_KEY = "local-secret-51b2"
+KEY_ENV = "IMPETUS_TEST_UPSTREAM_KEY"
+ASK = [{"role": "user", "content": "Name three colours."}]
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 12}},
+            "required": ["city"],
+        },
+    },
+}
+
+
+def wait_for(check: Any, what: str, timeout: float = 60.0) -> Any:
+    """Poll ``check`` until it returns something true (a bound for a stuck test, not a
+    measurement)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def get_json(url: str, path: str, key: str | None = None) -> Any:
+    conn = http.client.HTTPConnection(url.removeprefix("http://"), timeout=30)
+    conn.request("GET", path, headers={"Authorization": f"Bearer {key}"} if key else {})
+    reply = conn.getresponse()
+    body = reply.read()
+    conn.close()
+    return json.loads(body)
+
+
+def remote_entry(proxy: str, model_id: str) -> dict[str, Any] | None:
+    data = get_json(proxy, "/v1/models", LOCAL_KEY)["data"]
+    return next((m for m in data if m["id"] == model_id), None)
+
+
+@pytest.fixture(scope="module")
+def upstream(tiny_gguf: Path) -> Iterator[str]:
+    settings = server_settings(api_key=UPSTREAM_KEY)
+    manager = ModelManager(settings, store=Registry({"tiny": tiny_gguf}), allow_paths=False)
+    with start_server(manager, settings) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def proxy(upstream: str) -> Iterator[str]:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(KEY_ENV, UPSTREAM_KEY)
+        remote = RemoteConfig(name="up", url=upstream + "/v1", api_key_env=KEY_ENV, retry_max=1)
+        settings = replace(server_settings(api_key=LOCAL_KEY), remote=(remote,))
+        manager = ModelManager(settings, store=Registry({}), allow_paths=False)
+        with start_server(manager, settings) as url:
+            wait_for(lambda: remote_entry(url, "up/tiny"), "the upstream's models")
+            yield url
+
+
+def through(proxy: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=proxy + "/v1", api_key=LOCAL_KEY, max_retries=0)
+
+
+def direct(upstream: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=upstream + "/v1", api_key=UPSTREAM_KEY, max_retries=0)
+
+
+def streamed(client: openai.OpenAI, model: str, **kw: Any) -> tuple[str, Any, str | None]:
+    text, usage, finish = "", None, None
+    for chunk in client.chat.completions.create(
+        model=model, stream=True, stream_options={"include_usage": True}, **kw
+    ):
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            text += choice.delta.content or ""
+            finish = choice.finish_reason or finish
+    return text, usage, finish
+
+
+def test_remote_models_are_listed_as_name_slash_model_with_their_context(
+    upstream: str, proxy: str
+) -> None:
+    entry = remote_entry(proxy, "up/tiny")
+    served = next(m for m in get_json(upstream, "/v1/models", UPSTREAM_KEY)["data"])
+    assert entry is not None
+    assert entry["owned_by"] == "remote:up" and entry["status"] == "up"
+    assert entry["context_length"] == served["context_length"] == 2048
+
+
+def test_a_stream_through_the_proxy_is_the_upstreams_stream(upstream: str, proxy: str) -> None:
+    kw: dict[str, Any] = {"messages": ASK, "temperature": 0, "max_tokens": 24, "seed": 7}
+    text, usage, finish = streamed(through(proxy), "up/tiny", **kw)
+    want, want_usage, want_finish = streamed(direct(upstream), "tiny", **kw)
+    assert text == want and text
+    assert finish == want_finish
+    assert usage.prompt_tokens == want_usage.prompt_tokens > 0
+    assert usage.completion_tokens == want_usage.completion_tokens
+
+
+def test_a_whole_reply_carries_the_upstreams_usage(upstream: str, proxy: str) -> None:
+    kw: dict[str, Any] = {"messages": ASK, "temperature": 0, "max_tokens": 12}
+    reply = through(proxy).chat.completions.create(model="up/tiny", **kw)
+    want = direct(upstream).chat.completions.create(model="tiny", **kw)
+    assert reply.model == "up/tiny"
+    assert reply.choices[0].message.content == want.choices[0].message.content
+    assert reply.usage is not None and want.usage is not None
+    assert reply.usage.prompt_tokens == want.usage.prompt_tokens > 0
+    assert reply.usage.completion_tokens == want.usage.completion_tokens
+
+
+def test_a_forced_tool_call_streams_through_as_deltas(proxy: str) -> None:
+    stream = through(proxy).chat.completions.create(
+        model="up/tiny",
+        messages=[{"role": "user", "content": "Weather in Paris?"}],
+        temperature=0,
+        max_tokens=200,
+        tools=[WEATHER],  # type: ignore[list-item]
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        stream=True,
+    )
+    ids, names, args, finish = [], [], "", None
+    for chunk in stream:
+        for choice in chunk.choices:
+            finish = choice.finish_reason or finish
+            for call in choice.delta.tool_calls or []:
+                ids += [call.id] if call.id else []
+                names += [call.function.name] if call.function and call.function.name else []
+                args += call.function.arguments or "" if call.function else ""
+    assert names == ["get_weather"] and len(ids) == 1
+    assert finish == "tool_calls"
+    assert isinstance(json.loads(args)["city"], str)
+
+
+def test_a_tool_result_turn_reaches_the_upstream(proxy: str) -> None:
+    messages: list[Any] = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "Sunny, 21 C"},
+    ]
+    reply = through(proxy).chat.completions.create(
+        model="up/tiny", messages=messages, tools=[WEATHER], temperature=0, max_tokens=8
+    )
+    assert reply.choices[0].finish_reason in ("stop", "length", "tool_calls")
+    assert reply.usage is not None and reply.usage.prompt_tokens > 20
+
+
+def test_an_upstream_400_passes_through_with_its_message(proxy: str) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        through(proxy).chat.completions.create(
+            model="up/tiny",
+            messages=ASK,
+            max_tokens=8,
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "x", "schema": {"type": "string", "maxLength": 50000}},
+            },
+        )
+    assert caught.value.status_code == 400
+    assert "maxLength" in caught.value.message
+
+
+def test_a_prompt_over_the_upstreams_context_reads_as_context_length_exceeded(
+    proxy: str,
+) -> None:
+    long = " ".join(["colour"] * 3000)
+    with pytest.raises(openai.BadRequestError) as caught:
+        through(proxy).chat.completions.create(
+            model="up/tiny", messages=[{"role": "user", "content": long}], max_tokens=8
+        )
+    assert caught.value.code == "context_length_exceeded"
+    assert "maximum context length is 2048 tokens" in caught.value.message
+
+
+def test_an_unknown_remote_model_is_a_404_listing_what_it_serves(proxy: str) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        through(proxy).chat.completions.create(model="up/nope", messages=ASK, max_tokens=4)
+    assert caught.value.code == "model_not_found"
+    assert "up/tiny" in caught.value.message
+
+
+def test_local_auth_applies_to_remote_models(proxy: str) -> None:
+    body = {"model": "up/tiny", "messages": ASK, "max_tokens": 4}
+    status, _, _ = raw_post(proxy, "/v1/chat/completions", body)
+    assert status == 401
+    # The upstream's own key is not a key of the proxy.
+    headers = {"Authorization": f"Bearer {UPSTREAM_KEY}"}
+    status, _, _ = raw_post(proxy, "/v1/chat/completions", body, headers)
+    assert status == 401
+
+
+def test_a_client_that_hangs_up_frees_the_upstreams_slot(upstream: str, proxy: str) -> None:
+    body = {
+        "model": "up/tiny",
+        "messages": ASK,
+        "max_tokens": 1500,
+        "ignore_eos": True,
+        "temperature": 0,
+        "stream": True,
+    }
+    conn = http.client.HTTPConnection(proxy.removeprefix("http://"), timeout=60)
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {LOCAL_KEY}"}
+    conn.request("POST", "/v1/chat/completions", json.dumps(body), headers)
+    reply = conn.getresponse()
+    assert reply.status == 200
+    seen = 0
+    while seen < 3:  # a few tokens, then hang up
+        seen += reply.readline().startswith(b"data: {")
+    conn.sock.close()
+    conn.close()
+
+    def upstream_idle() -> bool:
+        status = get_json(upstream, "/impetus/status", UPSTREAM_KEY)
+        return all(m["in_flight"] == 0 for m in status["models"])
+
+    wait_for(upstream_idle, "the upstream's slot to be free")
+    last = get_json(upstream, "/impetus/status", UPSTREAM_KEY)["recent_requests"][-1]
+    assert last["status"] == "cancelled" and last["completion_tokens"] < 1500
+    remotes = get_json(proxy, "/impetus/status", LOCAL_KEY)["remotes"]
+    wait_for(
+        lambda: get_json(proxy, "/impetus/status", LOCAL_KEY)["remotes"][0]["in_flight"] == 0,
+        "the proxy's request to end",
+    )
+    assert remotes[0]["name"] == "up"
+    # The slot serves the next request.
+    text, _, _ = streamed(through(proxy), "up/tiny", messages=ASK, max_tokens=4, temperature=0)
+    assert text
+
+
+def test_the_upstream_key_is_never_shown(proxy: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("DEBUG")
+    through(proxy).chat.completions.create(model="up/tiny", messages=ASK, max_tokens=4)
+    shown = [
+        json.dumps(get_json(proxy, "/v1/models", LOCAL_KEY)),
+        json.dumps(get_json(proxy, "/impetus/status", LOCAL_KEY)),
+        caplog.text,
+    ]
+    assert all(UPSTREAM_KEY not in text for text in shown)
+    status = get_json(proxy, "/impetus/status", LOCAL_KEY)
+    assert status["remotes"][0]["state"] == "up" and "up/tiny" in status["remotes"][0]["models"]
