@@ -284,7 +284,8 @@ def test_a_worker_killed_mid_request_fails_it_cleanly_then_the_model_loads_again
         stream = engine.generate(prompt(engine), long)
         assert next(stream).token_ids
         two_workers[1].kill()
-        with pytest.raises(rpc.WorkerUnavailable, match="went away"):
+        gone = f"worker {two_workers[1].endpoint} went away"
+        with pytest.raises(rpc.WorkerUnavailable, match=gone):
             for _chunk in stream:
                 pass
         assert engine.failure is not None
@@ -301,3 +302,52 @@ def test_a_worker_killed_mid_request_fails_it_cleanly_then_the_model_loads_again
     finally:
         engine.close()
     assert split == local_run(tiny6, info)
+
+
+@needs_rpc
+def test_the_server_survives_a_worker_killed_mid_stream(
+    two_workers: list[Worker], tiny6: Path
+) -> None:
+    """Through HTTP and the official client: the stream ends with an error, /health says why,
+    the next request is a 503 at once, and once the worker is back the model answers again."""
+    import json
+    import urllib.request
+
+    import openai
+
+    from impetus_cli.runtime.manager import ModelManager
+    from tests.fixtures.servers import Registry, server_settings, start_server
+
+    settings = server_settings(rpc=tuple(w.endpoint for w in two_workers))
+    manager = ModelManager(settings, store=Registry({"tiny-split": tiny6}), allow_paths=False)
+    with start_server(manager, settings) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="sk-any", max_retries=0)
+        messages: Any = [{"role": "user", "content": "tell me a long story"}]
+        stream = client.chat.completions.create(
+            model="tiny-split",
+            messages=messages,
+            stream=True,
+            temperature=0,
+            max_tokens=2000,
+            extra_body={"ignore_eos": True},
+        )
+        chunks = iter(stream)
+        next(chunks)
+        two_workers[0].kill()
+        with pytest.raises(openai.APIError):
+            for _chunk in chunks:
+                pass
+        with urllib.request.urlopen(url + "/health", timeout=30) as reply:
+            health = json.loads(reply.read())
+        assert health["status"] == "degraded"
+        assert f"{two_workers[0].endpoint} went away" in health["failures"]["tiny-split"]
+        with pytest.raises(openai.APIStatusError) as refused:
+            client.chat.completions.create(model="tiny-split", messages=messages, max_tokens=4)
+        assert refused.value.status_code == 503
+        port = int(two_workers[0].endpoint.rsplit(":", 1)[1])
+        two_workers[0] = start_worker(port)
+        again = client.chat.completions.create(
+            model="tiny-split", messages=messages, max_tokens=8, temperature=0
+        )
+        assert again.choices[0].message.content
+        manager.close()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -153,8 +154,35 @@ def probe(endpoint: str, timeout: float = PROBE_TIMEOUT_S) -> tuple[WorkerDevice
     return tuple(devices)
 
 
-def probe_all(endpoints: Sequence[str]) -> tuple[WorkerDevice, ...]:
+def probe_all(endpoints: Sequence[str], model: str = "") -> tuple[WorkerDevice, ...]:
+    """Every worker's devices, for ``model``: a worker serves one client at a time, so one
+    that holds another model loaded here is refused at once, naming that model."""
+    with _HOLDERS_LOCK:
+        busy = {_HOLDERS[e] for e in endpoints if _HOLDERS.get(e, model) != model}
+    if busy:
+        raise WorkerUnavailable(
+            f"The RPC workers hold {', '.join(sorted(busy))} already: a worker serves one split "
+            "model at a time.",
+            f"Unload it first (`impetus stop {sorted(busy)[0]}`), or start more workers.",
+        )
     return tuple(device for endpoint in endpoints for device in probe(endpoint))
+
+
+_HOLDERS: dict[str, str] = {}  # endpoint -> the model split across it by this process
+_HOLDERS_LOCK = threading.Lock()
+
+
+def hold(endpoints: Sequence[str], model: str) -> None:
+    """Note that ``model`` (loaded here) uses ``endpoints``, until ``release``."""
+    with _HOLDERS_LOCK:
+        _HOLDERS.update(dict.fromkeys(endpoints, model))
+
+
+def release(endpoints: Sequence[str], model: str) -> None:
+    with _HOLDERS_LOCK:
+        for endpoint in endpoints:
+            if _HOLDERS.get(endpoint) == model:
+                del _HOLDERS[endpoint]
 
 
 # -- the split --------------------------------------------------------------------------------

@@ -202,7 +202,7 @@ def _split_across_workers(
 
     from impetus_cli.runtime import rpc
 
-    devices = rpc.probe_all(rpc.parse_endpoints(settings.rpc))
+    devices = rpc.probe_all(rpc.parse_endpoints(settings.rpc), model.name)
     total = budget_bytes + sum(d.free_bytes for d in devices)
     whole = plan_load(model, info, hw, dataclasses.replace(settings, rpc=()), total)
     weights = rpc.layer_bytes(info.path, info.n_layers)

@@ -76,7 +76,8 @@ class _Child:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": path},
+            # No gdb backtrace on llama.cpp's abort: seconds of noise instead of its message.
+            env={**os.environ, "PYTHONPATH": path, "GGML_NO_BACKTRACE": "1"},
         )
         child.close()
         host = cls(process, Connection(parent.detach()), plan.rpc_workers)
@@ -108,12 +109,14 @@ class _Child:
     def _died(self, when: str) -> rpc.WorkerUnavailable:
         code = self.process.wait()
         self._stderr_reader.join(5)  # its last lines say why (llama.cpp's abort message)
-        said = "; ".join(list(self._stderr)[-3:])
-        self.failure = f"the process holding the model's split ended {when} (exit {code})" + (
-            f"; llama.cpp said: {said}" if said else ""
+        said = "; ".join(list(self._stderr)[-2:])
+        gone = [e for e in self.endpoints if not _accepts(e, timeout=1.0)] or self.endpoints
+        self.failure = (
+            f"the RPC worker {' and '.join(gone)} went away: the process holding the split "
+            f"ended {when} (exit {code})" + (f"; llama.cpp said: {said}" if said else "")
         )
         return rpc.WorkerUnavailable(
-            f"An RPC worker ({', '.join(self.endpoints)}) went away: {self.failure}.",
+            self.failure[0].upper() + self.failure[1:] + ".",
             "Restart the worker (`impetus worker`); the model loads again on the next request.",
         )
 
@@ -232,10 +235,10 @@ def _package_root() -> str:
     return str(Path(__file__).resolve().parents[3])
 
 
-def _accepts(endpoint: str) -> bool:
+def _accepts(endpoint: str, timeout: float = 3.0) -> bool:
     host, port = rpc.split_endpoint(endpoint)
     try:
-        socket.create_connection((host, port), timeout=3.0).close()
+        socket.create_connection((host, port), timeout=timeout).close()
         return True
     except OSError:
         return False
@@ -263,11 +266,17 @@ class SplitEngine:
             child = self._child
             if child is not None and child.failure is None:
                 return child
-            rpc.probe_all(self.plan.rpc_workers)  # llama.cpp aborts on a worker it cannot reach
+            # Asked first: llama.cpp aborts the process on a worker it cannot reach.
+            rpc.probe_all(self.plan.rpc_workers, self.plan.model.name)
             if child is not None:
                 log.info("%s: the RPC workers answer again; loading it again", self.info.path.name)
                 child.close()
-            self._child, self._meta = _Child.spawn(self.plan, self.info)
+            rpc.hold(self.plan.rpc_workers, self.plan.model.name)
+            try:
+                self._child, self._meta = _Child.spawn(self.plan, self.info)
+            except BaseException:
+                rpc.release(self.plan.rpc_workers, self.plan.model.name)
+                raise
             return self._child
 
     @property
@@ -333,3 +342,4 @@ class SplitEngine:
             if self._child is not None:
                 self._child.close()
                 self._child = None
+                rpc.release(self.plan.rpc_workers, self.plan.model.name)
