@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
+from typing import Annotated, Any
 
 import typer
 
-from impetus_cli.commands._options import JsonOpt
+from impetus_cli.commands._options import JsonOpt, UrlOpt
 from impetus_cli.commands._ui import console, err_console, human_bytes, print_json
 
 
@@ -24,8 +25,19 @@ def _ago(stamp: float | None) -> str:
     return "just now"
 
 
-def list_models(as_json: JsonOpt = False) -> None:
+RemoteOpt = Annotated[
+    bool,
+    typer.Option(
+        "--remote",
+        help="Remote models (serve --remote): from the running server, else from the upstreams.",
+    ),
+]
+
+
+def list_models(as_json: JsonOpt = False, remote: RemoteOpt = False, url: UrlOpt = None) -> None:
     """Models you can serve: pulled ones, the built-in one, and Ollama / LM Studio / HF cache ones."""
+    if remote:
+        return _list_remote(as_json, url)
     from impetus_cli.runtime.config import load_settings
     from impetus_cli.runtime.store import Store
 
@@ -81,3 +93,53 @@ def list_models(as_json: JsonOpt = False) -> None:
             f"[yellow]{len(listing.skipped)} model file(s) could not be read and are not listed"
             "[/]: `impetus doctor` says which and why."
         )
+
+
+def _remote_rows(url: str | None) -> tuple[list[dict[str, Any]], str]:
+    """Remote models as the running server lists them, or (no server) as the upstreams in
+    the settings answer now; and where the list came from."""
+    from impetus_cli.client import ImpetusClient
+    from impetus_cli.errors import ServerUnreachable
+    from impetus_cli.runtime.config import load_settings
+    from impetus_cli.runtime.remote.registry import probe_now
+
+    settings = load_settings()
+    base = url or settings.base_url
+    try:
+        listed = ImpetusClient(base, api_key=settings.api_key).models()
+        rows = [m for m in listed if str(m.get("owned_by", "")).startswith("remote:")]
+        return [{**m, "remote": m["owned_by"].removeprefix("remote:")} for m in rows], base
+    except ServerUnreachable:
+        if url or not settings.remote:
+            raise
+    found, states = probe_now(settings.remote)
+    for s in states:
+        if s.state == "down":
+            err_console().print(f"[yellow]remote {s.name} ({s.url}) is down: {s.last_error}[/]")
+    rows = [
+        {"id": e.id, "remote": e.remote, "context_length": e.context_length, "status": "up"}
+        for e in found
+    ]
+    return rows, "the upstreams (no server running)"
+
+
+def _list_remote(as_json: bool, url: str | None) -> None:
+    rows, source = _remote_rows(url)
+    if as_json:
+        keys = ("id", "remote", "context_length", "status")
+        print_json([{k: m.get(k) for k in keys} for m in rows])
+        return
+    from rich.table import Table
+
+    table = Table(caption=f"from {source}")
+    for col in ("name", "remote", "context", "state"):
+        table.add_column(col)
+    for m in rows:
+        state = str(m.get("status") or "up")
+        table.add_row(
+            str(m["id"]),
+            str(m["remote"]),
+            str(m.get("context_length") or "-"),
+            f"[red]{state}[/]" if state == "down" else state,
+        )
+    console().print(table if rows else f"No remote models (from {source}).")

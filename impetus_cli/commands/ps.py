@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
 from impetus_cli.commands._options import JsonOpt, UrlOpt
 from impetus_cli.commands._ui import console, human_bytes, human_duration, print_json
+
+if TYPE_CHECKING:
+    from impetus_cli.runtime.status import ServerStatus
 
 
 def register(app: typer.Typer) -> None:
@@ -27,6 +32,7 @@ def ps(url: UrlOpt = None, as_json: JsonOpt = False) -> None:
         return
     if not models:
         console().print("No model loaded (they load on the first request).")
+        _remotes(status)
         return
     table = Table()
     for col in (
@@ -53,7 +59,30 @@ def ps(url: UrlOpt = None, as_json: JsonOpt = False) -> None:
             str(m.queued),
         )
     console().print(table)
+    _remotes(status)
     if any(m.failure for m in models):
         for m in models:
             if m.failure:
                 console().print(f"[red]{m.name}: engine failure: {m.failure}[/]")
+
+
+def _remotes(status: ServerStatus) -> None:
+    """The remote upstreams (`serve --remote`): up or down, their models, requests in flight."""
+    from rich.table import Table
+
+    if not status.remotes:
+        return
+    table = Table(title="remote upstreams", title_justify="left")
+    for col in ("remote", "url", "state", "models", "in flight", "last error"):
+        table.add_column(col)
+    for r in status.remotes:
+        state = f"[red]{r.state}[/]" if r.state == "down" else r.state
+        table.add_row(
+            r.name,
+            r.url,
+            state,
+            ", ".join(m.removeprefix(f"{r.name}/") for m in r.models) or "-",
+            str(r.in_flight),
+            r.last_error or "-",
+        )
+    console().print(table)

@@ -84,6 +84,13 @@ def serve(
             help="Split GGUF models' layers across these `impetus worker`s: host:port[,host:port].",
         ),
     ] = None,
+    remote: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Serve an OpenAI-compatible server's models as NAME/MODEL: [NAME=]URL "
+            "(repeatable; key and filters in config.toml's [[remote]]).",
+        ),
+    ] = None,
 ) -> None:
     """Serve local models to Cline, Continue and any OpenAI client."""
     from impetus_cli.runtime.config import load_settings
@@ -105,6 +112,7 @@ def serve(
             "loop_guard": loop_guard,
             "prompt_cache": prompt_cache,
             "rpc": rpc,
+            "remote": remote or None,
         }
     )
     if not _loopback(settings.host) and not settings.api_key:
@@ -192,6 +200,8 @@ def _banner(settings: Settings, manager: object, preload: list[str]) -> None:
         f"  Continue: provider: openai, apiBase: {settings.base_url}, model: {model}"
         + (f", contextLength: {n_ctx}" if n_ctx else "")
     )
+    for r in settings.remote:  # the URL only: its key stays in the environment
+        out.print(f"  Remote [cyan]{r.name}[/]: {r.url} (its models as {r.name}/MODEL)")
     if settings.ollama_port is not None:
         root = settings.base_url.removesuffix("/v1").rsplit(":", 1)[0]
         out.print(f"  Ollama clients: {root}:{settings.ollama_port} (and /api on every port)")

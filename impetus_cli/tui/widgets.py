@@ -66,6 +66,26 @@ def legend(status: ServerStatus) -> Text:
     for i, model in enumerate(status.models):
         text.append("■ ", style=PALETTE[i % len(PALETTE)])
         text.append(f"{model.name}  ")
+    if status.remotes:
+        text.append("\n" if status.models else "")
+        text.append_text(remotes_text(status))
+    return text
+
+
+def remotes_text(status: ServerStatus) -> Text:
+    """One line for the remote upstreams: each one up (its models, requests in flight) or
+    down (why, and when it is tried again)."""
+    text = Text("remote ", style="dim")
+    for r in status.remotes:
+        if r.state == "down":
+            retry = f", retry in {r.retry_in_s:.0f}s" if r.retry_in_s is not None else ""
+            text.append(f"● {r.name} down", style="bold red")
+            text.append(f" ({r.last_error or 'unreachable'}{retry})  ")
+            continue
+        style = "green" if r.state == "up" else "yellow"
+        text.append(f"● {r.name} {r.state}", style=style)
+        busy = f", {r.in_flight} in flight" if r.in_flight else ""
+        text.append(f" {len(r.models)} models{busy}  ")
     return text
 
 
@@ -129,6 +149,13 @@ def request_rows(status: ServerStatus) -> list[tuple[str, ...]]:
     ]
 
 
+def _state(m: dict[str, Any]) -> str:
+    """ "loaded" for a local model in memory; "remote" or "down" for a remote one."""
+    if str(m.get("owned_by") or "").startswith("remote:"):
+        return "down" if m.get("status") == "down" else "remote"
+    return "loaded" if m.get("loaded") else ""
+
+
 def local_rows(models: list[dict[str, Any]]) -> list[tuple[str, ...]]:
     return [
         (
@@ -136,7 +163,7 @@ def local_rows(models: list[dict[str, Any]]) -> list[tuple[str, ...]]:
             str(m.get("format") or "-"),
             str(m.get("quantization") or "-"),
             str(m.get("context_length") or "-"),
-            "loaded" if m.get("loaded") else "",
+            _state(m),
         )
         for m in models
     ]

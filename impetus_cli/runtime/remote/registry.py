@@ -19,7 +19,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -33,7 +33,7 @@ from impetus_cli.runtime.remote.errors import UpstreamError, UpstreamTimeout, re
 from impetus_cli.runtime.remote.http import Exchange, NoAnswer, Unreachable, Watchdog, exchange
 from impetus_cli.runtime.remote.stream import DONE, EventDecoder, Reader
 from impetus_cli.runtime.remote.upstream import Upstream
-from impetus_cli.runtime.status import ServerStatus, Throughput
+from impetus_cli.runtime.status import RemoteStatus, ServerStatus, Throughput
 from impetus_cli.runtime.types import ChatRequest, CompletionRequest, GenerationChunk
 
 log = logging.getLogger("impetus.remote")
@@ -330,11 +330,7 @@ class Remotes:
 
     def listing(self) -> list[RemoteEntry]:
         """Every remote model from the upstreams' last known lists (no network here)."""
-        return [
-            RemoteEntry(f"{u.name}/{m.id}", u.name, m.id, m.context_length, u.state != "down")
-            for u in self.upstreams.values()
-            for m in u.models
-        ]
+        return entries(self.upstreams.values())
 
     def add_to(self, status: ServerStatus) -> ServerStatus:
         """``status`` with the upstreams, and the throughput of remote models that served."""
@@ -352,6 +348,27 @@ class Remotes:
         for upstream in self.upstreams.values():
             upstream.stop()
         self.watchdog.close()
+
+
+def probe_now(configs: Sequence[RemoteConfig]) -> tuple[list[RemoteEntry], list[RemoteStatus]]:
+    """Ask every upstream for its models now, all at once (`impetus list --remote` without a
+    running server): their models, and each upstream's state."""
+    upstreams = [Upstream(c) for c in configs]
+    threads = [threading.Thread(target=u.probe, daemon=True) for u in upstreams]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return entries(upstreams), [u.snapshot() for u in upstreams]
+
+
+def entries(upstreams: Iterable[Upstream]) -> list[RemoteEntry]:
+    """The upstreams' models from their last known lists (no network here)."""
+    return [
+        RemoteEntry(f"{u.name}/{m.id}", u.name, m.id, m.context_length, u.state != "down")
+        for u in upstreams
+        for m in u.models
+    ]
 
 
 def _about_max_tokens(text: str) -> bool:

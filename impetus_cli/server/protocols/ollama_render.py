@@ -60,7 +60,7 @@ def metrics(prompt_tokens: int, final: GenerationChunk | None, timing: Timing) -
     return {
         "total_duration": _ns(time.perf_counter() - timing.started),
         "load_duration": _ns(timing.load_s),
-        "prompt_eval_count": prompt_tokens,
+        "prompt_eval_count": f.prompt_tokens or prompt_tokens,  # a remote's: at the end
         "prompt_eval_duration": _ns(f.ttft_s),
         "eval_count": f.completion_tokens,
         "eval_duration": _ns(f.completion_tokens / f.generation_tps if f.generation_tps else 0),

@@ -7,6 +7,7 @@ progress. Every failure under /api/ answers ``{"error": "..."}`` with its HTTP s
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import threading
 import time
 from dataclasses import replace
@@ -15,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from impetus_cli.errors import ImpetusError, ModelNotFound
+from impetus_cli.runtime.remote.registry import RemoteEntry
 from impetus_cli.runtime.types import ChatRequest, CompletionRequest
 from impetus_cli.server.errors import register_shape
 from impetus_cli.server.http import blocking, json_response, read_json, start_work
@@ -40,9 +42,9 @@ async def version(request: web.Request) -> web.Response:
 async def local_name(request: web.Request, name: str) -> str:
     """Ollama names default their tag to "latest": ``x:latest`` is our ``x`` unless a model
     is called ``x:latest`` itself."""
-    if not name.endswith(":latest"):
-        return name
     manager = request.app[MANAGER]
+    if not name.endswith(":latest") or manager.remotes.owns(name):  # a remote's: its upstream's
+        return name
 
     def pick() -> str:
         try:
@@ -135,9 +137,23 @@ async def tags(request: web.Request) -> web.Response:
     manager = request.app[MANAGER]
 
     def listing() -> list[dict[str, Any]]:
-        return [models.tag_entry(models.facts(manager, m)) for m in manager.available()]
+        local = [models.tag_entry(models.facts(manager, m)) for m in manager.available()]
+        return local + [remote_tag(m) for m in manager.remotes.listing()]
 
     return json_response({"models": await blocking(request, listing)})
+
+
+def remote_tag(m: RemoteEntry) -> dict[str, Any]:
+    """A remote model (runtime/remote) in /api/tags: its name; nothing local to describe."""
+    details = {"parent_model": "", "format": "remote", "family": "", "families": None}
+    return {
+        "name": m.id,
+        "model": m.id,
+        "modified_at": "1970-01-01T00:00:00Z",
+        "size": 0,
+        "digest": hashlib.sha256(m.id.encode()).hexdigest(),
+        "details": {**details, "parameter_size": "", "quantization_level": ""},
+    }
 
 
 async def ps(request: web.Request) -> web.Response:
