@@ -214,3 +214,33 @@ def test_store_is_bounded_by_bytes() -> None:
     assert store.get("r4") is not None and store.get("r1") is None
     assert not store.put({"id": "huge", "output": []}, [{"text": "y" * 5_000}], None)
     assert store.get("huge") is None and store.bytes <= 2_000
+
+
+def test_reasoning_is_also_the_summary_when_the_client_asks_for_one() -> None:
+    """Codex sends reasoning.summary "auto" and shows only summaries."""
+    events = run(renderer(reasoning={"summary": "auto"})[0], THINK_SAY_CALL)
+    kinds = [e["type"] for e in events]
+    first, last = (
+        kinds.index("response.output_item.added"),
+        kinds.index("response.output_item.done"),
+    )
+    assert kinds[first:last] == [
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.reasoning_summary_part.added",
+        "response.reasoning_text.delta",
+        "response.reasoning_summary_text.delta",
+        "response.reasoning_text.delta",
+        "response.reasoning_summary_text.delta",
+        "response.reasoning_text.done",
+        "response.reasoning_summary_text.done",
+        "response.reasoning_summary_part.done",
+        "response.content_part.done",
+    ]
+    item = events[last]["item"]
+    assert item["summary"] == [{"type": "summary_text", "text": "Let me see."}]
+    assert item["content"] == [{"type": "reasoning_text", "text": "Let me see."}]
+    replayed = responses_request(
+        {"model": "m", "input": [{"role": "user", "content": "q"}, item]}
+    ).chat.messages[1]
+    assert replayed.reasoning == "Let me see."  # once, not once per copy

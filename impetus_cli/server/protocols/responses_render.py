@@ -28,6 +28,7 @@ from impetus_cli.server.protocols.responses_parse import ResponsesCall
 
 Json = dict[str, Any]
 OnDone = Callable[[Json], None]
+SUMMARIES = ("auto", "concise", "detailed")
 
 
 def new_id(prefix: str) -> str:
@@ -68,6 +69,8 @@ class ResponsesRenderer:
     ):
         self.call, self.model, self.prompt_tokens = call, model, prompt_tokens
         self.piece = piece  # a token's bytes, for logprobs
+        # Clients that ask for a reasoning summary (Codex) show only that: ours is the text.
+        self.summarize = call.echo.get("reasoning", {}).get("summary") in SUMMARIES
         self.on_done = on_done
         self.id = new_id("resp")
         self.created_at = int(time.time())
@@ -188,14 +191,14 @@ class ResponsesRenderer:
         if kind == "message":
             part["logprobs"] += logprobs or []
             extra["logprobs"] = logprobs or []
-        return out + self._event(
-            f"response.{name}.delta",
-            item_id=item["id"],
-            output_index=index,
-            content_index=0,
-            delta=text,
-            **extra,
-        )
+        where = {"item_id": item["id"], "output_index": index}
+        out += self._event(f"response.{name}.delta", content_index=0, delta=text, **where, **extra)
+        if kind == "reasoning" and item["summary"]:
+            item["summary"][0]["text"] += text
+            out += self._event(
+                "response.reasoning_summary_text.delta", summary_index=0, delta=text, **where
+            )
+        return out
 
     def _open(self, kind: str) -> list[bytes]:
         if kind == "message":
@@ -218,17 +221,17 @@ class ResponsesRenderer:
             part = {"type": "reasoning_text", "text": ""}
         self.output.append(item)
         self.open = index = len(self.output) - 1
-        out = self._event(
-            "response.output_item.added", output_index=index, item=copy.deepcopy(item)
-        )
+        out = self._event("response.output_item.added", output_index=index, item=item)
         item["content"].append(part)
-        return out + self._event(
-            "response.content_part.added",
-            item_id=item["id"],
-            output_index=index,
-            content_index=0,
-            part=copy.deepcopy(part),
-        )
+        where = {"item_id": item["id"], "output_index": index}
+        out += self._event("response.content_part.added", content_index=0, part=part, **where)
+        if kind == "reasoning" and self.summarize:
+            summary: Json = {"type": "summary_text", "text": ""}
+            item["summary"].append(summary)
+            out += self._event(
+                "response.reasoning_summary_part.added", summary_index=0, part=summary, **where
+            )
+        return out
 
     def _close_open(self) -> list[bytes]:
         if self.open is None:
@@ -243,13 +246,20 @@ class ResponsesRenderer:
             )
         else:
             out = self._event("response.reasoning_text.done", text=part["text"], **where)
+            out += self._summary_done(item, index)
             if "reasoning.encrypted_content" in self.call.include:
                 item["encrypted_content"] = encode_reasoning(part["text"])
-        out += self._event("response.content_part.done", part=copy.deepcopy(part), **where)
+        out += self._event("response.content_part.done", part=part, **where)
         item["status"] = "completed"
-        return out + self._event(
-            "response.output_item.done", output_index=index, item=copy.deepcopy(item)
-        )
+        return out + self._event("response.output_item.done", output_index=index, item=item)
+
+    def _summary_done(self, item: Json, index: int) -> list[bytes]:
+        if not item["summary"]:
+            return []
+        summary = item["summary"][0]
+        where = {"item_id": item["id"], "output_index": index, "summary_index": 0}
+        out = self._event("response.reasoning_summary_text.done", text=summary["text"], **where)
+        return out + self._event("response.reasoning_summary_part.done", part=summary, **where)
 
     # -- calls -----------------------------------------------------------------------------
 
@@ -303,9 +313,7 @@ class ResponsesRenderer:
             item["namespace"] = tool.namespace
         self.output.append(item)
         self.calls[call_id] = index = len(self.output) - 1
-        return out + self._event(
-            "response.output_item.added", output_index=index, item=copy.deepcopy(item)
-        )
+        return out + self._event("response.output_item.added", output_index=index, item=item)
 
     def _call_done(self, call: ToolCall) -> list[bytes]:
         out = [] if call.id in self.calls else self._open_call(call.id, call.name)
@@ -327,9 +335,7 @@ class ResponsesRenderer:
                 **where,
             )
         item["status"] = "completed"
-        return out + self._event(
-            "response.output_item.done", output_index=index, item=copy.deepcopy(item)
-        )
+        return out + self._event("response.output_item.done", output_index=index, item=item)
 
     def _close_all(self) -> list[bytes]:
         """At the end: the open text item closes; a call that never completed (the reply was
@@ -339,9 +345,7 @@ class ResponsesRenderer:
             item = self.output[index]
             if item["status"] == "in_progress":
                 item["status"] = "incomplete"
-                out += self._event(
-                    "response.output_item.done", output_index=index, item=copy.deepcopy(item)
-                )
+                out += self._event("response.output_item.done", output_index=index, item=item)
         return out
 
 
