@@ -68,7 +68,7 @@ def base_url(raw: str) -> str:
 
 def default_name(url: str) -> str:
     """The host of ``url``, as a name (an IPv6 address's colons become dashes)."""
-    return (urlsplit(url).hostname or "remote").replace(":", "-")
+    return (urlsplit(url).hostname or "").replace(":", "-").strip("-.") or "remote"
 
 
 def _number(table: Mapping[str, Any], key: str, default: float) -> float:

@@ -130,7 +130,8 @@ class Reader:
     finish: FinishReason | None = None
     usage: Mapping[str, Any] = field(default_factory=dict)
     timings: Mapping[str, Any] = field(default_factory=dict)
-    _calls: dict[Any, _Call] = field(default_factory=dict)
+    _calls: dict[Any, _Call] = field(default_factory=dict)  # the open call per upstream index
+    _count: int = 0  # calls so far
     _open: _Call | None = None
     _first: float = 0.0
     _last: float = 0.0
@@ -185,33 +186,36 @@ class Reader:
     def _call_delta(
         self, raw: Mapping[str, Any], position: int
     ) -> tuple[ToolCall | None, ToolCallDelta | None]:
-        """A piece of a call -> (the previous call, now complete, if this one is new; the
-        piece as our delta). Upstream indices map to ours in order of appearance; only a
-        call's first piece carries its id and name."""
+        """A piece of a call -> (the previous call, now complete, if this piece starts a new
+        one; the piece as our delta). A piece starts a call when its index is new, or when it
+        brings another id under the same index (lmdeploy and SGLang number every call 0);
+        vLLM's later pieces carry an empty id. Only a call's first piece carries its id and
+        name here."""
         key = raw.get("index", position)
         fn: Mapping[str, Any] = raw["function"] if isinstance(raw.get("function"), Mapping) else {}
         args = fn.get("arguments")
         args = args if isinstance(args, str) else (json.dumps(args) if args is not None else "")
-        call = self._calls.get(key)
-        if call is not None:
+        call, new_id = self._calls.get(key), _text(raw.get("id"))
+        if call is not None and (not new_id or new_id == call.id):
             if not call.name and _text(fn.get("name")):
                 call.name = fn["name"]
             call.arguments += args
             return None, ToolCallDelta(call.index, arguments=args) if args else None
         done = self._open.whole() if self._open is not None else None
-        call_id = _text(raw.get("id")) or f"call_{uuid.uuid4().hex[:24]}"
-        call = _Call(len(self._calls), call_id, _text(fn.get("name")), args)
+        call = _Call(self._count, new_id or f"call_{uuid.uuid4().hex[:24]}", _text(fn.get("name")))
+        call.arguments = args
+        self._count += 1
         self._calls[key] = self._open = call
         return done, ToolCallDelta(call.index, id=call.id, name=call.name, arguments=args)
 
     @property
     def calls(self) -> int:
-        return len(self._calls)
+        return self._count
 
     def final(self, cancelled: bool = False) -> GenerationChunk:
         """The last chunk: why it ended, the last call whole, and the counters."""
         finish: FinishReason = "cancelled" if cancelled else self.finish or "stop"
-        if finish == "stop" and self._calls:
+        if finish == "stop" and self._count:
             finish = "tool_calls"
         now = self.clock()
         prompt = _int(self.usage.get("prompt_tokens"))
