@@ -183,8 +183,12 @@ class Remotes:
     ) -> Generation:
         cancel = cancel or threading.Event()
         started = time.perf_counter()
-        ex = self._send(up, path, body, limit, cancel)
-        up.begin()
+        up.begin()  # in flight from now: the upstream may be slow to answer at all
+        try:
+            ex = self._send(up, path, body, limit, cancel)
+        except BaseException:
+            up.end()
+            raise
         self.bus.publish(Event("request_started", name, {"remote": up.name}))
         reader = Reader(up.name, kind, started)
         return Generation(
