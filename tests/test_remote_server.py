@@ -8,10 +8,14 @@ compared with the same requests sent to the upstream directly, at temperature 0.
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
+import socket
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -281,3 +285,115 @@ def test_the_upstream_key_is_never_shown(proxy: str, caplog: pytest.LogCaptureFi
     assert all(UPSTREAM_KEY not in text for text in shown)
     status = get_json(proxy, "/impetus/status", LOCAL_KEY)
     assert status["remotes"][0]["state"] == "up" and "up/tiny" in status["remotes"][0]["models"]
+
+
+def test_other_dialects_reach_the_remote_model(upstream: str, proxy: str) -> None:
+    """Anthropic Messages (Claude Code's shape), Responses and Ollama's chat, translated here
+    into the upstream's chat completions."""
+    import anthropic
+    import ollama
+
+    sdk = anthropic.Anthropic(base_url=proxy, api_key=LOCAL_KEY, max_retries=0)
+    with sdk.messages.stream(
+        model="up/tiny",
+        max_tokens=16,
+        system=[
+            {
+                "type": "text",
+                "text": "You are a coding agent.",
+                "cache_control": {"type": "ephemeral"},
+            }
+        ],
+        messages=[{"role": "user", "content": [{"type": "text", "text": "List the files."}]}],
+        tools=[
+            {
+                "name": "Bash",
+                "description": "Run a command.",
+                "input_schema": {"type": "object", "properties": {"command": {"type": "string"}}},
+            }
+        ],
+    ) as stream:
+        message = stream.get_final_message()
+    assert message.model == "up/tiny" and message.usage.output_tokens > 0
+    assert message.stop_reason in ("end_turn", "max_tokens", "tool_use")
+
+    reply = through(proxy).responses.create(
+        model="up/tiny", input="Name a colour.", max_output_tokens=16
+    )
+    assert reply.status in ("completed", "incomplete") and reply.usage is not None
+    assert reply.usage.output_tokens > 0
+
+    chat = ollama.Client(host=proxy, headers={"Authorization": f"Bearer {LOCAL_KEY}"}).chat(
+        model="up/tiny", messages=ASK, options={"num_predict": 8, "temperature": 0}
+    )
+    assert chat.done and chat.eval_count and chat.prompt_eval_count
+
+
+def test_completions_and_embeddings_through_the_remote(upstream: str, proxy: str) -> None:
+    kw: dict[str, Any] = {"prompt": "def add(a, b):", "max_tokens": 12, "temperature": 0}
+    got = through(proxy).completions.create(model="up/tiny", **kw)
+    want = direct(upstream).completions.create(model="tiny", **kw)
+    assert got.choices[0].text == want.choices[0].text
+    vectors = through(proxy).embeddings.create(model="up/tiny", input=["a", "b c"])
+    expected = direct(upstream).embeddings.create(model="tiny", input=["a", "b c"])
+    assert [v.embedding for v in vectors.data] == [v.embedding for v in expected.data]
+    assert vectors.usage.prompt_tokens == expected.usage.prompt_tokens
+
+
+@contextmanager
+def serve_at(manager: ModelManager, settings: Any, port: int) -> Iterator[str]:
+    """start_server on a chosen port (an upstream that dies and comes back where it was)."""
+    from aiohttp import web
+
+    from impetus_cli.server.app import make_app
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    async def boot() -> web.AppRunner:
+        runner = web.AppRunner(make_app(manager, settings), shutdown_timeout=2)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        return runner
+
+    runner = asyncio.run_coroutine_threadsafe(boot(), loop).result(30)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
+def test_an_upstream_that_dies_is_down_then_up_when_it_returns(tiny_gguf: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = server_settings()
+    remote = RemoteConfig("box", f"http://127.0.0.1:{port}/v1", retry_max=0.5)
+    proxy_settings = replace(server_settings(), remote=(remote,))
+    proxy_manager = ModelManager(proxy_settings, store=Registry({}), allow_paths=False)
+    body = {"model": "box/tiny", "messages": ASK, "max_tokens": 4}
+
+    def state() -> str:
+        return str(get_json(proxy, "/impetus/status")["remotes"][0]["state"])
+
+    def upstream_manager() -> ModelManager:
+        return ModelManager(settings, store=Registry({"tiny": tiny_gguf}), allow_paths=False)
+
+    with start_server(proxy_manager, proxy_settings) as proxy:
+        with serve_at(upstream_manager(), settings, port):
+            wait_for(lambda: state() == "up", "the upstream to be up")
+            assert raw_post(proxy, "/v1/chat/completions", body)[0] == 200
+        # Dead: the first request finds it unreachable (502); then it is down: 503 at once.
+        status, _, reply = raw_post(proxy, "/v1/chat/completions", body)
+        assert status in (502, 503), reply
+        status, headers, reply = raw_post(proxy, "/v1/chat/completions", body)
+        assert status == 503 and json.loads(reply)["error"]["code"] == "upstream_down"
+        assert int(headers["Retry-After"]) >= 1
+        entry = next(m for m in get_json(proxy, "/v1/models")["data"] if m["id"] == "box/tiny")
+        assert entry["status"] == "down" and state() == "down"
+        with serve_at(upstream_manager(), settings, port):
+            wait_for(lambda: state() == "up", "the upstream to be up again")
+            assert raw_post(proxy, "/v1/chat/completions", body)[0] == 200
