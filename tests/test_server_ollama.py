@@ -173,7 +173,9 @@ def test_a_suffix_is_fill_in_the_middle_in_the_models_own_tokens(tiny_server: st
 
 
 def test_images_are_refused_clearly(tiny_server: str) -> None:
-    pixel = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+    pixel = (  # a 1x1 PNG
+        "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+    )
     client = api(tiny_server)
     with pytest.raises(ollama.ResponseError) as templated:
         client.generate(model="tiny", prompt="what is this?", images=[pixel])
@@ -322,3 +324,17 @@ def test_the_tiny_mlx_model_through_ollamas_api(tiny_mlx_dir: Path) -> None:
         assert fim.done and fim.prompt_eval_count
         embedded = client.embed(model="tiny-mlx", input="hello")
         assert len(embedded.embeddings[0]) == 64
+
+
+def test_gemma_answers_through_the_official_client(tiny_server: str) -> None:
+    client = api(tiny_server)
+    options = {"num_predict": 12, "temperature": 0}
+    ask = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Hi!"}]
+    parts = list(client.chat(model="gemma3:270m", messages=ask, options=options, stream=True))
+    whole = client.chat(model="gemma3:270m", messages=ask, options=options)
+    text = "".join(p.message.content or "" for p in parts)
+    assert text.strip() and text == whole.message.content
+    assert parts[-1].done_reason in ("stop", "length") and parts[-1].prompt_eval_count
+    prompt = "The capital of France is"
+    completion = client.generate(model="gemma3:270m", prompt=prompt, raw=True, options=options)
+    assert completion.response and completion.eval_count

@@ -129,7 +129,7 @@ def test_tool_calls_keep_their_arguments_as_json_and_ids_stable_across_turns() -
 
 
 def test_unnamed_tool_results_answer_the_calls_in_order() -> None:
-    calls = [{"function": {"name": n, "arguments": {}}} for n in ("a", "b")]
+    calls: list[dict[str, Any]] = [{"function": {"name": n, "arguments": {}}} for n in ("a", "b")]
     history = [
         USER,
         {"role": "assistant", "content": "", "tool_calls": calls},

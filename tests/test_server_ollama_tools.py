@@ -81,7 +81,8 @@ def thinking_server(tmp_path: Path) -> Iterator[str]:
         memory_probe=lambda: 100_000_000_000,
         allow_paths=False,
     )
-    manager.models.info = lambda m: replace(fake_info(m.path), architecture="qwen3")  # type: ignore[method-assign,assignment]
+    qwen3 = lambda m: replace(fake_info(m.path), architecture="qwen3")  # noqa: E731
+    manager.models.info = qwen3  # type: ignore[method-assign,assignment]
     with start_server(manager, settings) as url:
         yield url
 
