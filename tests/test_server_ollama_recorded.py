@@ -74,6 +74,8 @@ def check_openai_stream(raw: bytes) -> None:
     assert any(c.get("usage") for c in chunks)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # ~8k prompt tokens twice on two shared cores: minutes when busy
 @pytest.mark.parametrize("model", ["tiny-long", "gemma3:270m"])
 def test_clines_ollama_provider_gets_whole_answers(long_server: str, model: str) -> None:
     prompts = []
@@ -88,6 +90,8 @@ def test_clines_ollama_provider_gets_whole_answers(long_server: str, model: str)
     assert len(prompts) == 2 and prompts[1] > prompts[0] > 1000  # the follow-up adds its turn
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize("model", ["tiny-long", "gemma3:270m"])
 def test_continues_ollama_provider_gets_whole_answers(long_server: str, model: str) -> None:
     """`cn`'s ollama provider speaks OpenAI chat at apiBase + /v1 (see the recordings' README)."""
