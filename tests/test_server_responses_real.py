@@ -163,11 +163,24 @@ def test_tiny_mlx_answers_whole_and_streamed(mlx_server: str) -> None:
 
 
 @pytest.mark.slow
-def test_gemma_answers_whole_and_streamed(tiny_server: str) -> None:
+@pytest.mark.timeout(900)  # a grammar over Gemma's 262k-token vocabulary is slow on busy cores
+def test_gemma_answers_whole_streamed_and_with_a_forced_tool(tiny_server: str) -> None:
     reply = create(tiny_server, model="gemma3:270m", input="The capital of France is",
                    max_output_tokens=8)  # fmt: skip
     assert reply.output_text.strip() and reply.model == "gemma3:270m"
     check_text_stream(tiny_server, "gemma3:270m")
+    # One call: a base model given room for several keeps calling until max_output_tokens.
+    events, final = streamed(
+        tiny_server,
+        model="gemma3:270m",
+        tools=[WEATHER, TIME],
+        tool_choice={"type": "function", "name": "get_weather"},
+        parallel_tool_calls=False,
+    )
+    assert events[-1].type == "response.completed"
+    (call,) = final.output
+    assert call.type == "function_call" and call.name == "get_weather"
+    assert isinstance(json.loads(call.arguments)["city"], str)
 
 
 @pytest.fixture(scope="module")

@@ -244,3 +244,21 @@ def test_reasoning_is_also_the_summary_when_the_client_asks_for_one() -> None:
         {"model": "m", "input": [{"role": "user", "content": "q"}, item]}
     ).chat.messages[1]
     assert replayed.reasoning == "Let me see."  # once, not once per copy
+
+
+def test_whitespace_between_calls_makes_no_message_item() -> None:
+    def call(i: int) -> GenerationChunk:
+        cid, name, args = f"call_{i}", "multi_agent_v1__spawn_agent", "{}"
+        return GenerationChunk(
+            tool_call_deltas=(ToolCallDelta(i, cid, name), ToolCallDelta(i, arguments=args)),
+            tool_calls=(ToolCall(cid, name, args),),
+        )
+
+    chunks = [call(0), GenerationChunk(text="\n\n"), call(1), GenerationChunk(text="\n")]
+    events = run(renderer()[0], [*chunks, final("tool_calls")])
+    output = events[-1]["response"]["output"]
+    assert [item["type"] for item in output] == ["function_call", "function_call"]
+    assert "response.output_text.delta" not in [e["type"] for e in events]
+    spaced = [GenerationChunk(text="\n"), GenerationChunk(text="Hi"), GenerationChunk(text=" ")]
+    body = whole(renderer()[0], [*spaced, final("stop")])
+    assert [item["content"][0]["text"] for item in body["output"]] == ["\nHi "]

@@ -29,6 +29,7 @@ from impetus_cli.server.protocols.responses_parse import ResponsesCall
 Json = dict[str, Any]
 OnDone = Callable[[Json], None]
 SUMMARIES = ("auto", "concise", "detailed")
+NOTHING_HELD: tuple[str, str, list[Json]] = ("", "", [])
 
 
 def new_id(prefix: str) -> str:
@@ -81,6 +82,7 @@ class ResponsesRenderer:
         self.calls: dict[str, int] = {}  # call id -> output index
         self.call_ids: dict[int, str] = {}  # the runtime's call index -> call id
         self.custom_args: dict[str, str] = {}
+        self.held: tuple[str, str, list[Json]] = NOTHING_HELD  # whitespace before an item
         self.reasoning_tokens = 0
 
     # -- the Response object ---------------------------------------------------------------
@@ -178,7 +180,16 @@ class ResponsesRenderer:
 
     def _text(self, kind: str, text: str, logprobs: list[Json] | None = None) -> list[bytes]:
         out: list[bytes] = []
+        logprobs = logprobs or []
         if self.open is None or self.output[self.open]["type"] != kind:
+            held_kind, held_text, held_logprobs = self.held
+            if held_kind == kind:
+                text, logprobs = held_text + text, held_logprobs + logprobs
+            # No item for whitespace alone (models write newlines between calls): it waits for
+            # the text it belongs to, and is dropped if a call or the end comes first.
+            self.held = (kind, text, logprobs) if not text.strip() else NOTHING_HELD
+            if not text.strip():
+                return []
             out += self._close_open()
             out += self._open(kind)
         index = self.open
@@ -189,8 +200,8 @@ class ResponsesRenderer:
         name = "output_text" if kind == "message" else "reasoning_text"
         extra: Json = {}
         if kind == "message":
-            part["logprobs"] += logprobs or []
-            extra["logprobs"] = logprobs or []
+            part["logprobs"] += logprobs
+            extra["logprobs"] = logprobs
         where = {"item_id": item["id"], "output_index": index}
         out += self._event(f"response.{name}.delta", content_index=0, delta=text, **where, **extra)
         if kind == "reasoning" and item["summary"]:
@@ -289,6 +300,7 @@ class ResponsesRenderer:
 
     def _open_call(self, call_id: str, flat: str) -> list[bytes]:
         out = self._close_open()
+        self.held = NOTHING_HELD
         tool = self._tool(flat)
         item: Json
         if tool.custom:
