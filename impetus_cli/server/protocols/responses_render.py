@@ -81,7 +81,6 @@ class ResponsesRenderer:
         self.open: int | None = None  # output index of the open message or reasoning item
         self.calls: dict[str, int] = {}  # call id -> output index
         self.call_ids: dict[int, str] = {}  # the runtime's call index -> call id
-        self.custom_args: dict[str, str] = {}
         self.held: tuple[str, str, list[Json]] = NOTHING_HELD  # whitespace before an item
         self.reasoning_tokens = 0
 
@@ -288,8 +287,7 @@ class ResponsesRenderer:
         index = self.calls[call_id]
         item = self.output[index]
         if item["type"] == "custom_tool_call":
-            self.custom_args[call_id] = self.custom_args.get(call_id, "") + delta.arguments
-            return out
+            return out  # its text is JSON-escaped in the arguments: sent whole when complete
         item["arguments"] += delta.arguments
         return out + self._event(
             "response.function_call_arguments.delta",
