@@ -114,6 +114,9 @@ class Exchange:
         try:
             if self.conn.sock is None:
                 self.conn.connect()
+                # http.client sends the headers and the body in two writes: without this,
+                # Nagle's algorithm holds the body until the upstream acknowledges the headers.
+                self.conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError as exc:  # refused, unknown host, unreachable, connect timeout
             raise Unreachable(_reason(exc)) from None
         try:
@@ -211,7 +214,7 @@ def exchange(
 class Watchdog:
     """Aborts watched exchanges whose cancel flag is set (checked every ``period`` s)."""
 
-    def __init__(self, period: float = 0.05):
+    def __init__(self, period: float = 0.1):
         self.period = period
         self._watched: dict[int, tuple[threading.Event, Exchange]] = {}
         self._cond = threading.Condition()
