@@ -19,9 +19,9 @@ from typing import Any
 from impetus_cli.runtime.types import ChatMessage, ToolCall
 from impetus_cli.server.protocols.fields import bad, obj
 from impetus_cli.server.protocols.openai_parse import image_url
+from impetus_cli.server.protocols.responses_tools import CUSTOM_INPUT, ToolName, flat_name
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
-CUSTOM_INPUT = "input"  # the one argument a custom (freeform) tool's text travels in
 # Our own reasoning items carry their text here, so a client that replays only this opaque
 # field (store: false, include reasoning.encrypted_content) still gives it back.
 ENCRYPTED_PREFIX = "impetus.v1:"
@@ -49,24 +49,6 @@ HOSTED_ITEMS = frozenset(
     }
 )
 TEXT_PARTS = ("input_text", "output_text", "text", "summary_text", "reasoning_text")
-
-
-@dataclass(frozen=True)
-class ToolName:
-    """A tool as the client named it: ``name`` inside ``namespace`` (None at top level); a
-    ``custom`` tool takes one text instead of JSON arguments."""
-
-    name: str
-    namespace: str | None = None
-    custom: bool = False
-
-
-def flat_name(space: str | None, name: str) -> str:
-    """The one name the model sees for ``name`` in namespace ``space``. Namespaces that end
-    in ``_`` (Codex's ``mcp__server__``) are joined as they are, others with ``__``."""
-    if not space:
-        return name
-    return space + name if space.endswith("_") else f"{space}__{name}"
 
 
 def encode_reasoning(text: str) -> str:

@@ -2,10 +2,9 @@
 
 Pure functions over a ResponseStore (for ``previous_response_id`` and ``item_reference``).
 Codex sends the whole history as ``input`` items with ``store: false``; other clients chain
-turns with ``previous_response_id``. Tools the model cannot call here (``web_search`` and the
-other hosted tools) are left out of what it sees; forcing one is a clear 400. Tools grouped in
-a ``namespace`` reach the model under one flat name each, and its calls go back to the client
-under their namespace, as the client registered them.
+turns with ``previous_response_id``. Items become messages in responses_items, tools in
+responses_tools. Features that would silently do something else here (background responses,
+conversations, stored prompts) are refused with a 400 that says what to do instead.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from impetus_cli.errors import ImpetusError
-from impetus_cli.runtime.types import ChatRequest, Reasoning, SamplingParams, ToolSpec
+from impetus_cli.runtime.types import ChatRequest, Reasoning, SamplingParams
 from impetus_cli.server.protocols import responses_items as items
 from impetus_cli.server.protocols.fields import (
     MAX_MESSAGES,
@@ -30,32 +29,11 @@ from impetus_cli.server.protocols.fields import (
     stop_list,
     text,
 )
-from impetus_cli.server.protocols.openai_parse import tool_spec
-from impetus_cli.server.protocols.responses_items import ToolName
 from impetus_cli.server.protocols.responses_store import Item, ResponseStore
+from impetus_cli.server.protocols.responses_tools import ToolName, tool_choice, tools
 
 LOGPROBS = "message.output_text.logprobs"
 EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
-# Tools that OpenAI runs on its side; the model here cannot call them.
-HOSTED_TOOLS = frozenset(
-    {
-        "web_search",
-        "web_search_preview",
-        "web_search_preview_2025_03_11",
-        "web_search_2025_08_26",
-        "file_search",
-        "code_interpreter",
-        "image_generation",
-        "computer",
-        "computer_use",
-        "computer_use_preview",
-        "mcp",
-        "local_shell",
-        "shell",
-        "apply_patch",
-        "tool_search",
-    }
-)
 
 
 class PreviousResponseNotFound(ImpetusError):
@@ -176,128 +154,6 @@ def _referenced(item: Mapping[str, Any], store: ResponseStore | None, param: str
     if found is None:
         raise bad(f"Item with id {ref!r} not found among the stored responses.", f"{param}.id")
     return found
-
-
-def tools(value: Any) -> tuple[tuple[ToolSpec, ...], dict[str, ToolName]]:
-    """The tools the model sees, and how each of its names maps back to the client's."""
-    if value is None:
-        return (), {}
-    if not isinstance(value, list):
-        raise bad("'tools' must be an array.", "tools")
-    specs: list[ToolSpec] = []
-    names: dict[str, ToolName] = {}
-    for i, raw in enumerate(value):
-        tool = obj(raw, f"tools[{i}]")
-        kind = tool.get("type")
-        if kind == "namespace":
-            _namespace(tool, f"tools[{i}]", specs, names)
-        elif kind in ("function", "custom"):
-            _add(_tool(tool, None, f"tools[{i}]"), specs, names, f"tools[{i}]")
-        elif not isinstance(kind, str):
-            raise bad("Every tool needs a 'type'.", f"tools[{i}].type")
-        # else: a hosted tool (web_search, file_search, mcp ...): not the model's to call here
-    return tuple(specs), names
-
-
-def _namespace(
-    tool: Mapping[str, Any], param: str, specs: list[ToolSpec], names: dict[str, ToolName]
-) -> None:
-    space = tool.get("name")
-    inner = tool.get("tools")
-    if not isinstance(space, str) or not space or not isinstance(inner, list):
-        raise bad("A namespace needs a 'name' and an array of 'tools'.", param)
-    for j, raw in enumerate(inner):
-        sub = obj(raw, f"{param}.tools[{j}]")
-        if sub.get("type", "function") in ("function", "custom"):
-            _add(_tool(sub, space, f"{param}.tools[{j}]"), specs, names, f"{param}.tools[{j}]")
-
-
-def _tool(tool: Mapping[str, Any], space: str | None, param: str) -> tuple[ToolSpec, ToolName]:
-    name = tool.get("name")
-    if not isinstance(name, str):
-        raise bad("A tool needs a string 'name'.", f"{param}.name")
-    custom = tool.get("type") == "custom"
-    flat = items.flat_name(space, name)
-    if not custom:
-        spec = tool_spec(flat, tool.get("description"), tool.get("parameters"), param)
-        return spec, ToolName(name, space)
-    # A custom (freeform) tool takes one text; a model that calls functions passes it as one
-    # string argument, and the call goes back as a custom_tool_call with that text.
-    description = str(tool.get("description") or "")
-    schema = {
-        "type": "object",
-        "properties": {items.CUSTOM_INPUT: {"type": "string", "description": "The tool's input."}},
-        "required": [items.CUSTOM_INPUT],
-    }
-    return tool_spec(flat, description, schema, param), ToolName(name, space, custom=True)
-
-
-def _add(
-    pair: tuple[ToolSpec, ToolName], specs: list[ToolSpec], names: dict[str, ToolName], param: str
-) -> None:
-    spec, name = pair
-    if spec.name in names:
-        raise bad(f"Two tools are named {spec.name!r}.", f"{param}.name")
-    specs.append(spec)
-    names[spec.name] = name
-
-
-def tool_choice(
-    value: Any, specs: tuple[ToolSpec, ...], names: Mapping[str, ToolName]
-) -> tuple[tuple[ToolSpec, ...], str | None]:
-    """The tools left and the runtime's choice: auto, none, required or one tool's name."""
-    if value is None or value in ("auto", "none", "required"):
-        if value == "required" and not specs:
-            raise bad("tool_choice 'required' needs at least one function tool.", "tool_choice")
-        return specs, value
-    choice = obj(value, "tool_choice")
-    kind = choice.get("type")
-    if kind in ("function", "custom"):
-        return specs, _named(choice, names)
-    if kind == "allowed_tools":
-        return _allowed(choice, specs, names)
-    if isinstance(kind, str) and kind in HOSTED_TOOLS:
-        raise bad(
-            f"tool_choice forces the hosted tool {kind!r}, which this server does not run.",
-            "tool_choice",
-        )
-    raise bad(
-        "'tool_choice' must be auto, none, required, a function, a custom tool or allowed_tools.",
-        "tool_choice",
-    )
-
-
-def _named(choice: Mapping[str, Any], names: Mapping[str, ToolName]) -> str:
-    name, space = choice.get("name"), choice.get("namespace")
-    if isinstance(name, str):
-        if isinstance(space, str) and items.flat_name(space, name) in names:
-            return items.flat_name(space, name)
-        if name in names:
-            return name
-        flat = [k for k, v in names.items() if v.name == name]
-        if len(flat) == 1:
-            return flat[0]
-    raise bad(f"tool_choice names {name!r}, which is not among the tools.", "tool_choice.name")
-
-
-def _allowed(
-    choice: Mapping[str, Any], specs: tuple[ToolSpec, ...], names: Mapping[str, ToolName]
-) -> tuple[tuple[ToolSpec, ...], str | None]:
-    mode = choice.get("mode", "auto")
-    listed = choice.get("tools")
-    if mode not in ("auto", "required") or not isinstance(listed, list):
-        raise bad(
-            "allowed_tools needs 'mode' (auto or required) and a 'tools' array.", "tool_choice"
-        )
-    keep = {
-        _named(obj(t, "tool_choice.tools[]"), names)
-        for t in listed
-        if isinstance(t, Mapping) and t.get("type") in ("function", "custom")
-    }
-    left = tuple(s for s in specs if s.name in keep)
-    if mode == "required" and not left:
-        raise bad("allowed_tools requires a call but allows no function tool.", "tool_choice")
-    return left, mode
 
 
 def text_format(value: Any) -> Mapping[str, Any] | None:

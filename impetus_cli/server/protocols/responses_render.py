@@ -23,8 +23,9 @@ from impetus_cli.runtime.summary import StreamSummary
 from impetus_cli.runtime.types import GenerationChunk, ToolCall, ToolCallDelta
 from impetus_cli.server.http import dumps
 from impetus_cli.server.protocols.openai_render import TokenBytes, chat_logprobs
-from impetus_cli.server.protocols.responses_items import CUSTOM_INPUT, ToolName, encode_reasoning
+from impetus_cli.server.protocols.responses_items import encode_reasoning
 from impetus_cli.server.protocols.responses_parse import ResponsesCall
+from impetus_cli.server.protocols.responses_tools import CUSTOM_INPUT, ToolName
 
 Json = dict[str, Any]
 OnDone = Callable[[Json], None]
