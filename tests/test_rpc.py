@@ -318,7 +318,8 @@ def test_the_server_survives_a_worker_killed_mid_stream(
     from impetus_cli.runtime.manager import ModelManager
     from tests.fixtures.servers import Registry, server_settings, start_server
 
-    settings = server_settings(rpc=tuple(w.endpoint for w in two_workers))
+    endpoints = tuple(w.endpoint for w in two_workers)
+    settings = server_settings(rpc=endpoints, memory_budget=GB)  # an even three-way split
     manager = ModelManager(settings, store=Registry({"tiny-split": tiny6}), allow_paths=False)
     with start_server(manager, settings) as url:
         client = openai.OpenAI(base_url=url + "/v1", api_key="sk-any", max_retries=0)
@@ -333,6 +334,14 @@ def test_the_server_survives_a_worker_killed_mid_stream(
         )
         chunks = iter(stream)
         next(chunks)
+        with urllib.request.urlopen(url + "/impetus/status", timeout=30) as reply:
+            (status,) = json.loads(reply.read())["models"]
+        assert [p["where"] for p in status["placement"]] == [*endpoints, "local"]
+        assert status["planned_bytes"] == status["placement"][-1]["weights_bytes"] + sum(
+            status["placement"][-1][k] for k in ("kv_bytes", "compute_bytes")
+        )
+        listing = CliRunner().invoke(app, ["ps", "--url", url + "/v1"], env={"COLUMNS": "200"})
+        assert f"layers 0-2 on {endpoints[0]}" in listing.output
         two_workers[0].kill()
         with pytest.raises(openai.APIError):
             for _chunk in chunks:

@@ -59,6 +59,11 @@ def ps(url: UrlOpt = None, as_json: JsonOpt = False) -> None:
             str(m.queued),
         )
     console().print(table)
+    for m in models:
+        if m.placement:  # split across RPC workers (runtime/rpc.py)
+            from impetus_cli.runtime.rpc import describe_parts
+
+            console().print(f"{m.name}: {describe_parts(m.placement)}")
     _remotes(status)
     if any(m.failure for m in models):
         for m in models:

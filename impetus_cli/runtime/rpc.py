@@ -21,9 +21,10 @@ import ipaddress
 import socket
 import struct
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from impetus_cli.errors import ConfigError, EngineError, InsufficientMemory
 from impetus_cli.runtime.types import LoadPlan, ModelInfo, Placement
@@ -251,6 +252,8 @@ def split_plan(
     wheres = [d.endpoint + (f"#{d.index}" if d.index else "") for d in devices] + ["local"]
     parts, first = [], 0
     for where, count, budget in zip(wheres, counts, budgets, strict=True):
+        if not count and where != "local":
+            continue  # a worker too small for one layer is left out (not even connected)
         last = first + count  # [first, last) of the slots; slot n_layers is the output layer
         blocks = range(first, min(last, info.n_layers))
         kv = plan.kv_bytes * len(blocks) // max(1, info.n_layers)  # each layer's KV is there
@@ -271,7 +274,7 @@ def split_plan(
         kv_bytes=local.kv_bytes,
         compute_bytes=local.compute_bytes,
         placement=tuple(parts),
-        rpc_workers=tuple(dict.fromkeys(d.endpoint for d in devices)),
+        rpc_workers=tuple(dict.fromkeys(p.where.split("#")[0] for p in parts[:-1])),
         notes=(*plan.notes, note),
     )
 
@@ -295,3 +298,10 @@ def describe(part: Placement, n_layers: int) -> str:
     names += ["output"] if part.last > n_layers else []
     where = "here" if part.where == "local" else f"on {part.where}"
     return f"layers {' + '.join(names)} {where} ({part.total_bytes / 1e9:.2f} GB)"
+
+
+def describe_parts(parts: Sequence[Mapping[str, Any]]) -> str:
+    """A placement as the status JSON carries it (dicts), in words, for `impetus ps`."""
+    placed = [Placement(**part) for part in parts]
+    n_layers = max(p.last for p in placed) - 1
+    return "; ".join(describe(p, n_layers) for p in placed if p.last > p.first)

@@ -39,6 +39,9 @@ class ModelStatus:
     tps_recent: float = 0.0
     loop_stops: int = 0  # replies the runaway guard ended
     failure: str | None = None  # the engine's last unexpected failure, if any
+    # A model split across llama.cpp RPC workers: where each part lives, workers first (the
+    # fields of runtime.types.Placement: where, first, last, weights_bytes, kv_bytes, ...)
+    placement: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -49,6 +50,7 @@ def model_status(manager: Source, e: Loaded, now: float) -> ModelStatus:
         tps_recent=snap["tps_recent"],
         loop_stops=snap["loop_stops"],
         failure=e.engine.failure,
+        placement=tuple(dataclasses.asdict(part) for part in e.plan.placement),
     )
 
 
