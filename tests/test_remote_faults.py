@@ -22,6 +22,7 @@ from aiohttp import web
 
 from impetus_cli.runtime.manager import ModelManager
 from impetus_cli.runtime.remote.config import RemoteConfig
+from tests.fixtures.cli import run_cli
 from tests.fixtures.fake_engine import FakeEngine, fake_info, fake_model
 from tests.fixtures.recorded import load_recorded
 from tests.fixtures.servers import Registry, server_settings, start_server
@@ -432,3 +433,27 @@ def test_the_anthropic_sdk_reads_a_remote_reply_with_its_usage(proxy: str) -> No
     assert kinds == ["thinking", "text", "tool_use"] and message.stop_reason == "tool_use"
     assert message.content[2].input == {"city": "Paris"}  # type: ignore[union-attr]
     assert message.usage.output_tokens == 6
+
+
+def test_list_remote_and_ps_show_the_upstreams(proxy: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMPETUS_API_KEY", LOCAL)
+    listed_ = run_cli("list", "--remote", "--url", proxy, "--json")
+    rows = json.loads(listed_.stdout)
+    assert {r["id"] for r in rows} >= {"s/echo", "patient/tools"}
+    assert {r["remote"] for r in rows} == {"s", "patient"}
+    assert all(r["context_length"] == 8192 and r["status"] == "up" for r in rows)
+    ps = run_cli("ps", "--url", proxy)
+    assert ps.returncode == 0 and "remote upstreams" in ps.stdout
+    assert "dead" in ps.stdout and "down" in ps.stdout and "echo" in ps.stdout
+    assert KEY not in listed_.stdout + ps.stdout
+
+
+def test_list_remote_without_a_server_asks_the_upstreams(
+    scripted: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, url, _ = scripted
+    monkeypatch.setenv("IMPETUS_REMOTE", f"lab={url}")
+    monkeypatch.setenv("IMPETUS_PORT", str(free_port()))  # no server there
+    out = run_cli("list", "--remote")
+    assert out.returncode == 0, out.stderr
+    assert "lab/echo" in out.stdout and "8192" in out.stdout and "no server running" in out.stdout

@@ -386,3 +386,31 @@ def test_upstream_errors_map_to_what_clients_act_on() -> None:
     assert (busy.status, getattr(busy, "retry_after", None)) == (503, 7)
     crash = rejected("gpu", 500, b"Internal Server Error", None)
     assert (crash.status, crash.code) == (502, "upstream_error") and "500" in crash.message
+
+
+def test_the_dashboard_shows_each_upstream_up_or_down() -> None:
+    from impetus_cli.runtime.status import RemoteStatus, ServerStatus
+    from impetus_cli.tui import widgets
+
+    status = ServerStatus.from_json(
+        ServerStatus(
+            version="x",
+            remotes=(
+                RemoteStatus("gpu", "http://gpu:8000/v1", "up", ("gpu/a", "gpu/b"), in_flight=2),
+                RemoteStatus(
+                    "lab", "http://lab/v1", "down", (), "Connection refused", retry_in_s=4
+                ),
+            ),
+        ).to_json()
+    )
+    text = widgets.legend(status).plain
+    assert "gpu up 2 models, 2 in flight" in text
+    assert "lab down (Connection refused, retry in 4s)" in text
+    rows = widgets.local_rows(
+        [
+            {"id": "gpu/a", "owned_by": "remote:gpu", "status": "up"},
+            {"id": "lab/c", "owned_by": "remote:lab", "status": "down"},
+            {"id": "tiny", "owned_by": "impetus", "loaded": True},
+        ]
+    )
+    assert [r[-1] for r in rows] == ["remote", "down", "loaded"]
