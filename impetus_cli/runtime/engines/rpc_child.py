@@ -11,6 +11,7 @@ close; when the parent goes away, the socket closes and this process ends.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import signal
@@ -71,14 +72,22 @@ def _serve(conn: Connection) -> None:
         if kind == "cancel":
             cancels.get(key, threading.Event()).set()
             continue
-        cancel = cancels.setdefault(key, threading.Event())
-        work = _generate if kind == "generate" else _call
-        args = (engine, key, payload, cancel, send, cancels)
-        threading.Thread(target=work, args=args, daemon=True).start()
+        if kind == "generate":
+            cancel = cancels.setdefault(key, threading.Event())
+            work = functools.partial(_generate, engine, key, payload, cancel, send)
+        else:
+            work = functools.partial(_call, engine, key, payload, send)
+        threading.Thread(target=_then_forget, args=(work, cancels, key), daemon=True).start()
 
 
-def _call(engine: Any, key: int, payload: Any, _cancel: Any, send: Any, cancels: Any) -> None:
-    cancels.pop(key, None)
+def _then_forget(work: Any, cancels: dict[int, threading.Event], key: int) -> None:
+    try:
+        work()
+    finally:
+        cancels.pop(key, None)
+
+
+def _call(engine: Any, key: int, payload: Any, send: Any) -> None:
     method, args = payload
     try:
         if method == "tokenize":
@@ -91,17 +100,13 @@ def _call(engine: Any, key: int, payload: Any, _cancel: Any, send: Any, cancels:
         send(("raise", key, pack_error(exc)))
 
 
-def _generate(
-    engine: Any, key: int, payload: Any, cancel: threading.Event, send: Any, cancels: Any
-) -> None:
+def _generate(engine: Any, key: int, payload: Any, cancel: threading.Event, send: Any) -> None:
     tokens, sampling = payload
     try:
         for chunk in engine.generate(tokens, sampling, cancel):
             send(("chunk", key, chunk))
     except BaseException as exc:
         send(("raise", key, pack_error(exc)))
-    finally:
-        cancels.pop(key, None)
 
 
 def main(argv: Sequence[str]) -> None:

@@ -57,6 +57,7 @@ class _Child:
         self.process, self.conn, self.endpoints = process, conn, tuple(endpoints)
         self.failure: str | None = None
         self._closing = False
+        self._ended = False  # the reader saw the end: nothing more will be answered
         self.last_heard = time.monotonic()
         self._send_lock = threading.Lock()
         self._ids = itertools.count(1)
@@ -144,6 +145,7 @@ class _Child:
             error = self._died("while serving")
             log.warning("%s", error)
         with self._lock:
+            self._ended = True
             waiting = list(self._waiting.values())
             self._waiting.clear()
         for q in waiting:
@@ -171,12 +173,13 @@ class _Child:
         while self.process.poll() is None:
             time.sleep(WATCH_S)
             with self._lock:
-                cancels = list(self._cancels.items())
+                cancels, active = list(self._cancels.items()), bool(self._waiting)
+            forwarded &= {key for key, _ in cancels}
             for key, event in cancels:
                 if event.is_set() and key not in forwarded:
                     forwarded.add(key)
                     self._send(("cancel", key, None))
-            if cancels:
+            if active:
                 self._check_workers()
 
     # -- calls and streams --------------------------------------------------------------------
@@ -187,10 +190,10 @@ class _Child:
             self.conn.send(message)
 
     def _open(self, cancel: threading.Event | None = None) -> tuple[int, queue.SimpleQueue[Any]]:
-        if self.failure is not None:
-            raise rpc.WorkerUnavailable(f"The model's RPC split is down: {self.failure}.")
         key, q = next(self._ids), queue.SimpleQueue[Any]()
         with self._lock:
+            if self._ended:
+                raise rpc.WorkerUnavailable(f"The model's RPC split is down: {self.failure}.")
             self._waiting[key] = q
             if cancel is not None:
                 self._cancels[key] = cancel
