@@ -116,7 +116,7 @@ class Exchange:
                 self.conn.connect()
                 # http.client sends the headers and the body in two writes: without this,
                 # Nagle's algorithm holds the body until the upstream acknowledges the headers.
-                self.conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self.conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # type: ignore[attr-defined]
         except OSError as exc:  # refused, unknown host, unreachable, connect timeout
             raise Unreachable(_reason(exc)) from None
         try:

@@ -38,7 +38,7 @@ from impetus_cli.runtime.types import ChatRequest, CompletionRequest, Generation
 
 log = logging.getLogger("impetus.remote")
 Body = Callable[[int | None], dict[str, Any]]  # max_tokens (None: the upstream's) -> JSON
-DRAIN_S = 1.0  # after [DONE], how long the end of the body may take to keep the connection
+DRAIN_S = 0.25  # after [DONE], how long the end of the body may take to keep the connection
 
 
 @dataclass(frozen=True)
@@ -99,15 +99,6 @@ class Remotes:
             f"The remote {prefix} does not serve {model!r}.",
             f"Its models: {', '.join(names[:10])}." if names else None,
             suggestions=tuple(names[:10]),
-        )
-
-    def not_local(self, name: str) -> ModelNotFound:
-        """The error for a local-only operation (load, unload, show) on a remote model."""
-        up = self.upstreams[name.partition("/")[0]]
-        return ModelNotFound(
-            f"{name} is served by the remote {up.name} ({up.config.url}): it has no local "
-            "file to load, unload or inspect.",
-            "Send requests to it; its upstream loads it.",
         )
 
     # -- requests ---------------------------------------------------------------------------
