@@ -1,5 +1,6 @@
 """What sits right on llama-cpp-python's ctypes bindings: importing them with llama.cpp's log
-quiet (its last warnings kept to explain failures), and one request's C sampler chain."""
+quiet (its last warnings kept to explain failures), the handle on a loaded context that the
+scheduler and the caches work with, and one request's C sampler chain."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import collections
 import ctypes
 import math
 import os
+import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from impetus_cli.errors import EngineError, ImpetusError
@@ -15,11 +18,19 @@ from impetus_cli.runtime.types import SamplingParams
 
 _LOG_CALLBACK: Any = None  # keeps the ctypes callback alive for the life of the process
 RECENT_ERRORS: collections.deque[str] = collections.deque(maxlen=8)  # for load error messages
+_PIECE_BUFFERS = threading.local()  # one per thread: the decode thread and readers share a vocab
 
 
 def load_lib() -> Any:
     """The bindings, imported on first use (DESIGN.md rule 2) with llama.cpp's logging quiet."""
     global _LOG_CALLBACK
+    # llama.cpp's CPU threads meet at a barrier for every step of the graph, through OpenMP.
+    # libgomp's default spins a waiting thread a long time before it sleeps: when another
+    # process wants the same cores, a decode step then waits for descheduled spinners and runs
+    # many times slower (BENCHMARKS.md, "Decode beside other work"). A short spin keeps the
+    # speed of a quiet machine and yields the cores under contention. libgomp reads it once,
+    # when llama.cpp's CPU backend loads; a value the user set wins.
+    os.environ.setdefault("GOMP_SPINCOUNT", "1000")
     try:
         import llama_cpp.llama_cpp as lib
     except ImportError as exc:
@@ -43,11 +54,58 @@ def load_lib() -> Any:
     return lib
 
 
+def amx_in_build(lib: Any) -> bool:
+    """Whether this llama.cpp build multiplies quantized matrices with Intel AMX tiles."""
+    return b"AMX_INT8 = 1" in (lib.llama_print_system_info() or b"")
+
+
+def extra_buffers_allowed(lib: Any) -> bool:
+    """Whether weights may go to llama.cpp's extra CPU buffer types (AMX, repacked layouts).
+
+    Not on builds with AMX, unless IMPETUS_LLAMA_AMX=1: their tile kernels load a tile
+    configuration the compiler may optimise away, and the first tile instruction then kills
+    the process with SIGILL (ggml-org/llama.cpp#26954; seen here on a Xeon with GCC 12). The
+    repacked layouts go with them: llama.cpp has one switch for both."""
+    return not amx_in_build(lib) or os.environ.get("IMPETUS_LLAMA_AMX") == "1"
+
+
 def llama_said() -> str:
     """llama.cpp's recent warnings and errors, for the message of the error we raise."""
     said = "; ".join(line for line in RECENT_ERRORS if any(c.isalpha() for c in line))
     RECENT_ERRORS.clear()
     return f" llama.cpp said: {said}" if said else ""
+
+
+@dataclass(frozen=True)
+class LlamaContext:
+    """A loaded model's context as its users see it: the bindings, the context and its memory
+    (the KV cache), the vocabulary, and the sliding window of the model's window layers (0:
+    none). The engine owns and frees them; the scheduler and the caches only use them."""
+
+    lib: Any
+    ctx: Any
+    mem: Any
+    vocab: Any
+    n_vocab: int
+    n_swa: int
+
+    def piece(self, token: int) -> bytes:
+        """One token's text as bytes (a byte token is a piece of a character); any thread."""
+        buf = getattr(_PIECE_BUFFERS, "buf", None)
+        if buf is None:
+            buf = _PIECE_BUFFERS.buf = ctypes.create_string_buffer(256)
+        n = self.lib.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+        if n < 0:
+            big = ctypes.create_string_buffer(-n)
+            n = self.lib.llama_token_to_piece(self.vocab, token, big, -n, 0, False)
+            return big.raw[:n]
+        return buf.raw[:n]
+
+    def text(self, token: int) -> str:
+        """A token's text as the vocabulary spells it (control tokens too); "" for none (-1)."""
+        if token < 0:
+            return ""
+        return (self.lib.llama_vocab_get_text(self.vocab, token) or b"").decode("utf-8", "replace")
 
 
 class Sampler:
