@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import ast
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from impetus_cli.errors import ImpetusError
-from impetus_cli.runtime.types import ChatMessage, GenerationChunk, SamplingParams
+from impetus_cli.errors import ContextLengthExceeded, EngineError, ImpetusError
+from impetus_cli.runtime.types import ChatMessage, GenerationChunk, SamplingParams, SpecialText
+from tests.fixtures.tiny_models import CHATML
 
 ENGINES = ["tiny_gguf_engine", "tiny_mlx_engine"]
+FIM = ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")
 
 
 @pytest.fixture(params=ENGINES)
@@ -140,3 +144,118 @@ def test_gemma_chat_follows_its_turn_format_and_replies(gemma_engine: Any) -> No
     )
     assert text_of(chunks).strip()
     assert gemma_engine.tokenize(prompt).count(2) == 1  # BOS once, though the template writes it
+
+
+# -- what callers use through the protocol ----------------------------------------------------
+
+
+def test_special_text_and_template_are_the_models_own(
+    engine: Any, request: pytest.FixtureRequest
+) -> None:
+    # The tiny GGUF declares BOS; the tiny MLX tokenizer has none, and ends turns with <|im_end|>.
+    bos, eos = ("<s>", "</s>") if "gguf" in request.node.callspec.id else ("", "<|im_end|>")
+    assert engine.special_text == SpecialText(bos, eos, *FIM)
+    assert engine.special_text.has_fim
+    for text in FIM:  # each names one control token, not text that tokenizes into pieces
+        assert len(engine.tokenize(text, special=False)) > 1
+        assert len(engine.tokenize(text)) == len(engine.tokenize("")) + 1
+    assert engine.chat_template == CHATML
+
+
+def test_token_bytes_add_up_to_the_decoded_text(engine: Any) -> None:
+    ids = engine.tokenize("hello world, the quick fox", special=False)
+    assert b"".join(engine.token_bytes(t) for t in ids).decode() == engine.detokenize(ids)
+
+
+def test_a_prompt_filling_the_context_is_refused_and_one_token_short_gets_one_token(
+    engine: Any,
+) -> None:
+    with pytest.raises(ContextLengthExceeded):
+        engine.generate([5] * engine.n_ctx, SamplingParams())
+    final = list(
+        engine.generate([5] * (engine.n_ctx - 1), SamplingParams(temperature=0, ignore_eos=True))
+    )[-1]
+    assert final.finish_reason == "length" and final.completion_tokens == 1
+
+
+# -- a decode thread that cannot die -----------------------------------------------------------
+
+
+def test_a_failing_step_ends_every_request_it_holds_and_the_next_one_is_served(
+    engine: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first step that runs once a second request has arrived (waiting for the one slot
+    on llama.cpp, batched beside the first on MLX) raises: both consumers get an EngineError
+    instead of waiting forever, /health's failure says why, and the engine serves again."""
+    worker = engine._scheduler if hasattr(engine, "_scheduler") else engine._batcher
+    real_step, raised = worker._step, []
+
+    def step() -> None:
+        if not raised and len(worker._held()) + len(worker._waiting) >= 2:
+            raised.append(True)
+            raise RuntimeError("injected failure")
+        real_step()
+
+    monkeypatch.setattr(worker, "_step", step)
+    long = SamplingParams(max_tokens=500, temperature=0, ignore_eos=True)
+    first = engine.generate(engine.tokenize("the first request"), long)
+    assert next(first).text is not None  # it is generating
+    second: list[BaseException | str] = []
+
+    def read_second() -> None:
+        try:
+            second.append(list(engine.generate(engine.tokenize("the second"), long))[-1].text)
+        except EngineError as exc:
+            second.append(exc)
+
+    thread = threading.Thread(target=read_second)
+    thread.start()
+    with pytest.raises(EngineError, match="injected failure") as err:
+        list(first)
+    thread.join(timeout=120)
+    assert err.value.status == 500 and err.value.hint
+    assert len(second) == 1 and isinstance(second[0], EngineError)
+    assert engine.failure is not None and "injected failure" in engine.failure
+    final = run(engine, "after the failure", max_tokens=3, temperature=0, ignore_eos=True)[-1]
+    assert final.finish_reason == "length" and final.completion_tokens == 3
+    assert engine.failure is None
+
+
+# -- module structure ---------------------------------------------------------------------------
+
+
+def test_no_engines_module_imports_one_that_imports_it_back() -> None:
+    """Two modules that import each other are one idea split badly (STYLE.md): the engines
+    package has no import cycle, counting the imports made inside functions."""
+    from impetus_cli.runtime import engines
+
+    package, prefix = Path(engines.__file__).parent, "impetus_cli.runtime.engines"
+    modules = {p.stem: p for p in package.glob("*.py")}
+
+    def name(stem: str) -> str:
+        return prefix if stem == "__init__" else f"{prefix}.{stem}"
+
+    graph: dict[str, set[str]] = {}
+    for stem, path in modules.items():
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                subs = [f"{prefix}.{a.name}" for a in node.names if a.name in modules]
+                found.update(subs if node.module == prefix and subs else [node.module])
+            elif isinstance(node, ast.Import):
+                found.update(a.name for a in node.names)
+        graph[name(stem)] = {m for m in found if m == prefix or m.startswith(prefix + ".")}
+
+    def cycle_from(start: str, path: list[str]) -> list[str] | None:
+        for nxt in sorted(graph.get(path[-1], ())):
+            if nxt == start:
+                return [*path, nxt]
+            if nxt not in path:
+                found = cycle_from(start, [*path, nxt])
+                if found:
+                    return found
+        return None
+
+    cycles = [c for m in sorted(graph) if (c := cycle_from(m, [m]))]
+    assert cycles == []
+    assert {f"{prefix}.common", f"{prefix}.worker"} <= set(graph)  # the shared pieces exist

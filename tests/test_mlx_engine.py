@@ -287,7 +287,7 @@ def test_a_q8_kv_type_quantizes_the_cache_and_still_reuses_it(q8_engine: Any) ->
     second = prompt_tokens(q8_engine, "quantized cache", reply, "more")
     final = run(q8_engine, second, max_tokens=6, temperature=0, ignore_eos=True)[-1]
     assert final.finish_reason == "length" and final.cached_tokens >= len(first)
-    assert type(q8_engine._current.cache[0]).__name__ == "QuantizedKVCache"
+    assert type(q8_engine._pool.entries[0].cache[0]).__name__ == "QuantizedKVCache"
 
 
 def test_the_kv_type_stays_full_precision_when_heads_do_not_split(tiny_mlx_engine: Any) -> None:

@@ -1,4 +1,4 @@
-"""The protocol every backend implements, and the factory that picks one by format."""
+"""The protocol every backend implements, and the reader of a scheduler thread's stream."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from impetus_cli.runtime.types import (
     LoadPlan,
     ModelInfo,
     SamplingParams,
+    SpecialText,
     ToolSpec,
 )
 
@@ -36,12 +37,35 @@ class Engine(Protocol):
         """Resident bytes of weights + KV cache + buffers, as the backend reports them."""
         ...
 
+    @property
+    def special_text(self) -> SpecialText:
+        """The text of the special tokens prompts are built with (BOS, EOS, fill-in-the-middle);
+        "" for those the model does not have."""
+        ...
+
+    @property
+    def chat_template(self) -> str | None:
+        """The Jinja chat template the model ships (GGUF metadata, or the tokenizer's or the
+        files' on MLX); None when it has none and a built-in one must stand in."""
+        ...
+
+    @property
+    def failure(self) -> str | None:
+        """The last failure of the generation loop (message and time), for /health; None once
+        a later request completes, or when there was none."""
+        ...
+
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
         """Text to token ids; ``special`` parses control tokens in the text (templates need it)."""
         ...
 
     def detokenize(self, tokens: Sequence[int]) -> str: ...
 
+    def token_bytes(self, token: int) -> bytes:
+        """One token's text as bytes, for logprobs (a byte token is a piece of a character)."""
+        ...
+
+    # Kept for compatibility until its callers render with chat_template and special_text.
     def render(self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec] = ()) -> str:
         """Messages (+ tools) to the prompt text, through the model's chat template."""
         ...
@@ -52,7 +76,9 @@ class Engine(Protocol):
         sampling: SamplingParams,
         cancel: threading.Event | None = None,
     ) -> Iterator[GenerationChunk]:
-        """Evaluate the prompt (reusing a cached prefix) and stream the completion."""
+        """Evaluate the prompt (reusing a cached prefix) and stream the completion: text chunks,
+        then one final chunk with the finish reason and counters. The reply's length comes
+        from limits.reply_budget; a prompt that leaves no room is refused before streaming."""
         ...
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]: ...

@@ -6,8 +6,9 @@ sampler chain samples straight from the context, so per token Python only decode
 appends one piece of text.
 
 The context holds ``plan.n_parallel`` sequences; llama_batch.py's scheduler steps all of them in
-one ``llama_decode`` per token (continuous batching) and keeps each one's cached prefix for reuse.
-This file loads the model and context, tokenizes and renders, and computes embeddings.
+one ``llama_decode`` per token (continuous batching), and llama_slots.py keeps each one's cached
+prefix for reuse. This file loads the model and context, tokenizes and renders, and computes
+embeddings.
 """
 
 from __future__ import annotations
@@ -19,18 +20,27 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from impetus_cli.errors import ContextLengthExceeded, CorruptModel, EngineError, ImpetusError
-from impetus_cli.runtime.engines.base import relay
+from impetus_cli.errors import CorruptModel, EngineError, ImpetusError
+from impetus_cli.runtime.engines.common import Health
 from impetus_cli.runtime.engines.llama_batch import Request, Scheduler
 from impetus_cli.runtime.engines.llama_cache import DiskCache
-from impetus_cli.runtime.engines.llama_native import RECENT_ERRORS, llama_said, load_lib
+from impetus_cli.runtime.engines.llama_native import (
+    RECENT_ERRORS,
+    LlamaContext,
+    extra_buffers_allowed,
+    llama_said,
+    load_lib,
+)
 from impetus_cli.runtime.engines.llama_rpc import apply_placement
+from impetus_cli.runtime.engines.llama_slots import Slots
+from impetus_cli.runtime.limits import reply_budget
 from impetus_cli.runtime.types import (
     ChatMessage,
     GenerationChunk,
     LoadPlan,
     ModelInfo,
     SamplingParams,
+    SpecialText,
     ToolSpec,
 )
 
@@ -55,33 +65,34 @@ class LlamaEngine:
     def __init__(self, plan: LoadPlan, info: ModelInfo, lib: Any, model: Any, ctx: Any):
         self.plan, self.info = plan, info
         self._lib, self._model, self._ctx = lib, model, ctx
-        self._vocab = lib.llama_model_get_vocab(model)
-        self._mem = lib.llama_get_memory(ctx)
-        self._n_vocab = lib.llama_vocab_n_tokens(self._vocab)
+        vocab = lib.llama_model_get_vocab(model)
+        self._llama = LlamaContext(
+            lib,
+            ctx,
+            lib.llama_get_memory(ctx),
+            vocab,
+            int(lib.llama_vocab_n_tokens(vocab)),
+            int(lib.llama_model_n_swa(model)),
+        )
         self._n_slots = max(1, plan.n_parallel)
-        self._piece_buf = ctypes.create_string_buffer(256)
         self._embed_lock = threading.Lock()
         self._embed_ctx: Any = None
         self._closed = False
-        self.last_cached_tokens = 0  # of the last request admitted: the tests read them
-        self.last_evaluated_tokens = 0
-        n_batch = max(1, min(plan.n_batch, lib.llama_n_batch(ctx)))
-        self._disk: DiskCache | None = None
+        self._health = Health()
+        disk = None
         if plan.prompt_cache_dir is not None:
-            n_swa = int(lib.llama_model_n_swa(model))
             kv_type = effective_kv_type(plan, info)
-            self._disk = DiskCache(plan.prompt_cache_dir, info, kv_type, n_swa)
-        self._scheduler = Scheduler(
-            self, self._n_slots, n_batch, self._disk, snapshot_bytes=plan.snapshot_bytes
-        )
+            disk = DiskCache(plan.prompt_cache_dir, info, kv_type, self._llama.n_swa)
+        self._slots = Slots(self._llama, self._n_slots, disk, plan.snapshot_bytes)
+        n_batch = max(1, min(plan.n_batch, lib.llama_n_batch(ctx)))
+        self._scheduler = Scheduler(self._llama, self._slots, n_batch, self._health)
 
     @classmethod
     def load(cls, plan: LoadPlan, info: ModelInfo) -> LlamaEngine:
         lib = load_lib()
         if not info.path.is_file():
             raise CorruptModel(f"{info.path} does not exist.", "Pull the model again.")
-        mparams = lib.llama_model_default_params()
-        mparams.n_gpu_layers = plan.n_gpu_layers
+        mparams = cls._model_params(lib, plan)
         _split = apply_placement(lib, mparams, plan)  # RPC workers' layers (engines/llama_rpc.py)
         RECENT_ERRORS.clear()
         model = lib.llama_model_load_from_file(str(info.path).encode(), mparams)
@@ -100,6 +111,13 @@ class LlamaEngine:
                 "Try a smaller --ctx or --memory-budget.",
             )
         return cls(plan, info, lib, model, ctx)
+
+    @staticmethod
+    def _model_params(lib: Any, plan: LoadPlan) -> Any:
+        params = lib.llama_model_default_params()
+        params.n_gpu_layers = plan.n_gpu_layers
+        params.use_extra_bufts = extra_buffers_allowed(lib)
+        return params
 
     @staticmethod
     def _context_params(lib: Any, plan: LoadPlan, info: ModelInfo, *, embeddings: bool) -> Any:
@@ -144,8 +162,39 @@ class LlamaEngine:
         return int(self._lib.llama_model_size(self._model)) + kv + self.plan.compute_bytes
 
     @property
+    def failure(self) -> str | None:
+        """The decode loop's last failure (message and time) until a later request completes."""
+        return self._health.failure
+
+    @property
+    def last_cached_tokens(self) -> int:
+        """Prompt tokens the last request admitted reused from a cache (the tests read it)."""
+        return self._scheduler.last_cached_tokens
+
+    @property
+    def last_evaluated_tokens(self) -> int:
+        return self._scheduler.last_evaluated_tokens
+
+    @property
+    def special_text(self) -> SpecialText:
+        lib, vocab, text = self._lib, self._llama.vocab, self._llama.text
+        return SpecialText(
+            bos=text(lib.llama_vocab_bos(vocab)),
+            eos=text(lib.llama_vocab_eos(vocab)),
+            fim_prefix=text(lib.llama_vocab_fim_pre(vocab)),
+            fim_suffix=text(lib.llama_vocab_fim_suf(vocab)),
+            fim_middle=text(lib.llama_vocab_fim_mid(vocab)),
+        )
+
+    @property
+    def chat_template(self) -> str | None:
+        """The template in the GGUF's metadata (None: the caller picks a fallback)."""
+        return self.info.chat_template
+
+    # Kept for compatibility until their callers (the manager's FIM prompt) use special_text.
+    @property
     def special_tokens(self) -> dict[str, int]:
-        lib, v = self._lib, self._vocab
+        lib, v = self._lib, self._llama.vocab
         return {
             "bos": lib.llama_vocab_bos(v),
             "eos": lib.llama_vocab_eos(v),
@@ -155,53 +204,44 @@ class LlamaEngine:
         }
 
     def token_text(self, token: int) -> str:
-        if token < 0:
-            return ""
-        return (self._lib.llama_vocab_get_text(self._vocab, token) or b"").decode(
-            "utf-8", "replace"
-        )
+        """Kept for compatibility (see special_tokens): a token's text, "" for none."""
+        return self._llama.text(token)
 
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
         """``special`` both parses control tokens in the text and adds BOS when the model wants
         one, unless the text already starts with it (templates often write it themselves)."""
+        lib, vocab = self._lib, self._llama.vocab
         data = text.encode("utf-8")
-        bos = self.token_text(self._lib.llama_vocab_bos(self._vocab))
+        bos = self._llama.text(lib.llama_vocab_bos(vocab))
         add_bos = special and not (bos and text.startswith(bos))
         cap = len(data) + 16
         buf = (ctypes.c_int32 * cap)()
-        n = self._lib.llama_tokenize(self._vocab, data, len(data), buf, cap, add_bos, special)
+        n = lib.llama_tokenize(vocab, data, len(data), buf, cap, add_bos, special)
         if n < 0:
             buf = (ctypes.c_int32 * -n)()
-            n = self._lib.llama_tokenize(self._vocab, data, len(data), buf, -n, add_bos, special)
+            n = lib.llama_tokenize(vocab, data, len(data), buf, -n, add_bos, special)
         return list(buf[:n])
-
-    def _piece(self, token: int) -> bytes:
-        buf = self._piece_buf
-        n = self._lib.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
-        if n < 0:
-            big = ctypes.create_string_buffer(-n)
-            n = self._lib.llama_token_to_piece(self._vocab, token, big, -n, 0, False)
-            return big.raw[:n]
-        return buf.raw[:n]
 
     def token_bytes(self, token: int) -> bytes:
         """One token's text as bytes (for logprobs: byte tokens are pieces of a character)."""
-        return self._piece(token)
+        return self._llama.piece(token)
 
     def detokenize(self, tokens: Sequence[int]) -> str:
-        return b"".join(self._piece(t) for t in tokens).decode("utf-8", "replace")
+        return b"".join(self._llama.piece(t) for t in tokens).decode("utf-8", "replace")
 
     def render(self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec] = ()) -> str:
+        """Kept for compatibility until the manager renders with ``chat_template`` and
+        ``special_text`` itself."""
         from impetus_cli.runtime import templates
 
-        specials = self.special_tokens
+        specials = self.special_text
         return templates.render_chat(
             messages,
             tools,
-            template=self.info.chat_template,
+            template=self.chat_template,
             architecture=self.info.architecture,
-            bos_token=self.token_text(specials["bos"]),
-            eos_token=self.token_text(specials["eos"]),
+            bos_token=specials.bos,
+            eos_token=specials.eos,
         )
 
     # -- generation -------------------------------------------------------------------------
@@ -217,15 +257,9 @@ class LlamaEngine:
         stream, stops it at the next decode step (see base.relay)."""
         if not tokens:
             raise ImpetusError("The prompt is empty.", param="messages")
-        if len(tokens) > self.n_ctx:
-            raise ContextLengthExceeded(self.n_ctx, len(tokens))
-        room = self.n_ctx - len(tokens)
-        limit = room if sampling.max_tokens is None else min(sampling.max_tokens, room)
-        return self._stream(Request(list(tokens), sampling, cancel or threading.Event(), limit))
-
-    def _stream(self, request: Request) -> Iterator[GenerationChunk]:
-        self._scheduler.submit(request)
-        yield from relay(request.out, request.cancel, request.abandon)
+        limit = reply_budget(self.n_ctx, len(tokens), sampling.max_tokens)
+        request = Request(list(tokens), sampling, cancel or threading.Event(), limit)
+        return self._scheduler.stream(request)
 
     # -- embeddings ---------------------------------------------------------------------------
 
@@ -239,7 +273,7 @@ class LlamaEngine:
             vectors = []
             try:
                 for text in texts:
-                    tokens = self.tokenize(text)[:limit] or [lib.llama_vocab_bos(self._vocab)]
+                    tokens = self.tokenize(text)[:limit] or [lib.llama_vocab_bos(self._llama.vocab)]
                     lib.llama_memory_clear(lib.llama_get_memory(ctx), True)
                     batch.n_tokens = len(tokens)
                     for i, tok in enumerate(tokens):
@@ -282,12 +316,10 @@ class LlamaEngine:
             self._closed = True
             self._scheduler.close()
             lib = self._lib
-            if self._disk is not None:
-                self._scheduler.unpark_all()
-                try:
-                    self._disk.save(lib, self._ctx, self._mem, self._scheduler.slots)
-                except OSError as exc:  # a full disk must not stop an unload
-                    log.warning("could not save the prompt cache: %s", exc)
+            try:
+                self._slots.save()
+            except OSError as exc:  # a full disk must not stop an unload
+                log.warning("could not save the prompt cache: %s", exc)
             if self._embed_ctx is not None:
                 lib.llama_free(self._embed_ctx)
             lib.llama_free(self._ctx)

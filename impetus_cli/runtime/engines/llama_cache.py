@@ -19,10 +19,13 @@ import json
 import logging
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from impetus_cli.runtime.engines.common import common_prefix
+from impetus_cli.runtime.engines.llama_native import LlamaContext
 from impetus_cli.runtime.types import ModelInfo
 
 log = logging.getLogger("impetus.cache")
@@ -66,8 +69,6 @@ class DiskCache:
 
     def best(self, tokens: list[int], limit: int) -> tuple[Entry | None, int]:
         """The entry sharing the longest usable prefix with ``tokens`` (at most ``limit``)."""
-        from impetus_cli.runtime.engines.llama_batch import common_prefix
-
         found, best = None, 0
         for entry in self.entries:
             n = min(common_prefix(entry.tokens, tokens), limit)
@@ -75,7 +76,7 @@ class DiskCache:
                 found, best = entry, n
         return found, best
 
-    def load(self, lib: Any, ctx: Any, seq_id: int, entry: Entry) -> list[int] | None:
+    def load(self, llama: LlamaContext, seq_id: int, entry: Entry) -> list[int] | None:
         """Restore ``entry`` into sequence ``seq_id``; its tokens, or None (and the entry is
         dropped) when the file is damaged or llama.cpp refuses it."""
         capacity = len(entry.tokens) + 1
@@ -83,8 +84,8 @@ class DiskCache:
         count = ctypes.c_size_t(0)
         read, restored = 0, []
         if _sha256(entry.state) == entry.sha256:
-            read = lib.llama_state_seq_load_file(
-                ctx, str(entry.state).encode(), seq_id, out, capacity, ctypes.byref(count)
+            read = llama.lib.llama_state_seq_load_file(
+                llama.ctx, str(entry.state).encode(), seq_id, out, capacity, ctypes.byref(count)
             )
             restored = list(out[: count.value])
         if read == 0 or restored != entry.tokens:
@@ -94,7 +95,7 @@ class DiskCache:
             return None
         return restored
 
-    def save(self, lib: Any, ctx: Any, mem: Any, slots: list[Any]) -> None:
+    def save(self, llama: LlamaContext, slots: Sequence[Any]) -> None:
         """Replace the saved entries with the slots' sequences (the most recent conversations);
         entries not re-saved are deleted, so the directory stays bounded by the slots."""
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -110,12 +111,12 @@ class DiskCache:
                 continue  # the same tokens are saved already
             tokens = (ctypes.c_int32 * len(slot.tokens))(*slot.tokens)
             tmp = state.with_suffix(".state.tmp")
-            if not lib.llama_state_seq_save_file(
-                ctx, str(tmp).encode(), slot.seq_id, tokens, len(slot.tokens)
+            if not llama.lib.llama_state_seq_save_file(
+                llama.ctx, str(tmp).encode(), slot.seq_id, tokens, len(slot.tokens)
             ):
                 tmp.unlink(missing_ok=True)
                 continue
-            pos_min = max(0, int(lib.llama_memory_seq_pos_min(mem, slot.seq_id)))
+            pos_min = max(0, int(llama.lib.llama_memory_seq_pos_min(llama.mem, slot.seq_id)))
             facts = {"tokens": slot.tokens, "pos_min": pos_min, "sha256": _sha256(tmp)}
             _write_atomic(meta, json.dumps(facts))
             os.replace(tmp, state)

@@ -1,7 +1,7 @@
 """Prefix snapshots in memory, for GGUF models with a sliding window (Gemma 2 and 3).
 
 On other models, a prefix two conversations share (an agent's system prompt) is copied from one
-sequence to another by sharing KV cells (llama_batch.py). A sliding-window layer keeps only the
+sequence to another by sharing KV cells (llama_slots.py). A sliding-window layer keeps only the
 last window of positions, so once a conversation has moved past the shared prefix its cache no
 longer holds the state at the end of it, and sharing cells is unsafe there (``can_copy``).
 
@@ -40,6 +40,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from impetus_cli.runtime.engines.common import common_prefix
+from impetus_cli.runtime.engines.llama_native import LlamaContext
+
 # A shared prefix shorter than this is cheaper to evaluate than to keep.
 MIN_SNAPSHOT = 256
 PARTIAL_ONLY = 1  # LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY: the sliding-window layers only
@@ -70,16 +73,10 @@ class Parked:
 
 class Snapshots:
     def __init__(
-        self,
-        lib: Any,
-        ctx: Any,
-        mem: Any,
-        n_swa: int,
-        budget: int,
-        lost: Callable[[int], None] = lambda _: None,
+        self, llama: LlamaContext, budget: int, lost: Callable[[int], None] = lambda _: None
     ):
-        self.lib, self.ctx, self.mem = lib, ctx, mem
-        self.n_swa, self.budget = n_swa, budget
+        self.lib, self.ctx, self.mem = llama.lib, llama.ctx, llama.mem
+        self.n_swa, self.budget = llama.n_swa, budget
         self.items: list[Snapshot] = []
         self.checkpoints: dict[int, Checkpoint] = {}  # seq_id -> its latest
         self.parked: dict[int, Parked] = {}  # seq_id -> its state, oldest first
@@ -127,8 +124,6 @@ class Snapshots:
     def best(self, tokens: list[int], limit: int) -> tuple[Snapshot | None, int]:
         """The snapshot sharing the longest usable prefix with ``tokens`` (at most ``limit``):
         all of its tokens, or fewer when its window still reaches back far enough to trim."""
-        from impetus_cli.runtime.engines.llama_batch import common_prefix
-
         found, best = None, 0
         for snap in self.items:
             n = min(common_prefix(snap.tokens, tokens), limit)
