@@ -100,11 +100,9 @@ class StopSeen:
         if self.stops:
             self.tokens.extend(chunk.token_ids)
 
-    def matched(self, chunks: Sequence[GenerationChunk] = ()) -> str | None:
+    def matched(self) -> str | None:
         if not self.stops:
             return None
-        for chunk in chunks:
-            self.add(chunk)
         text = b"".join(self.piece(t) for t in self.tokens).decode("utf-8", "replace")
         found = [(text.find(s), s) for s in (*self.stops, *END_OF_TURN) if s in text]
         if not found:
@@ -127,11 +125,8 @@ class MessageRenderer:
         stops: Sequence[str] = (),
         one_call: bool = False,
     ):
-        self.id, self.model, self.prompt_tokens = (
-            f"msg_{uuid.uuid4().hex[:24]}",
-            model,
-            prompt_tokens,
-        )
+        self.id = f"msg_{uuid.uuid4().hex[:24]}"
+        self.model, self.prompt_tokens = model, prompt_tokens
         self.stop_seen = StopSeen(stops, piece)
         self.keep_chunks = bool(self.stop_seen.stops)  # body() reads their tokens
         self.one_call = one_call
@@ -205,7 +200,7 @@ class MessageRenderer:
         reason = STOP_REASONS[summary.finish_reason]
         if reason != "end_turn":
             return reason, None
-        seen = self.stop_seen.matched(summary.chunks)
+        seen = self.stop_seen.matched()
         return ("stop_sequence", seen) if seen is not None else (reason, None)
 
     def end(self, summary: StreamSummary) -> list[bytes]:
@@ -228,6 +223,8 @@ class MessageRenderer:
         return [event("ping", {"type": "ping"})]
 
     def body(self, summary: StreamSummary) -> dict[str, Any]:
+        for chunk in summary.chunks:  # kept when stop sequences are to be told apart
+            self.stop_seen.add(chunk)
         content: list[dict[str, Any]] = []
         if summary.reasoning:
             content.append({"type": "thinking", "thinking": summary.reasoning, "signature": ""})
