@@ -7,7 +7,10 @@ engine `impetus serve` would use: LlamaEngine in-process when local, SplitEngine
 process holding the llama.cpp RPC client) when split. Workers are `impetus worker` processes
 offering the same memory as this machine's budget, so the layers split evenly. On one machine
 the parts take turns (a layer split is a pipeline), so this measures what the split adds: the
-RPC round trips per token and per micro-batch, and the child process.
+RPC round trips per token and per micro-batch, and the child process. Tokens per second depend
+on what else the machine runs (processes that wait on sockets get the CPU sooner than one that
+computes without pause); the CPU time per token, summed over every process taking part, does
+not, and is the cost of the split itself.
 
     .venv/bin/python benchmarks/rpc.py [--reps 3] [--threads 2] [--pp 512] [--tg 128]
 """
@@ -26,6 +29,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -74,6 +79,13 @@ def _wait(endpoint: str) -> None:
             time.sleep(0.2)
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and every process it started (the workers, the
+    split model's child): the work a token costs, whatever else the machine is running."""
+    procs = [psutil.Process(), *psutil.Process().children(recursive=True)]
+    return sum(sum(p.cpu_times()[:2]) for p in procs)
+
+
 def measure(path: Path, endpoints: list[str], args: argparse.Namespace) -> dict[str, object]:
     info = inspect_model(path)
     model = LocalModel(path.name, "gguf", path, "path", info.file_bytes)
@@ -82,17 +94,26 @@ def measure(path: Path, endpoints: list[str], args: argparse.Namespace) -> dict[
     )
     plan = plan_load(model, info, hardware.detect(), settings, BUDGET)
     engine = load_engine(plan, info)
+    found: dict[str, object] = {}
     try:
-        results = bench.run_tests(engine, n_prompt=args.pp, n_gen=args.tg, reps=args.reps)
+        for n_prompt, n_gen in ((args.pp, 0), (0, args.tg)):
+            before = cpu_seconds()
+            (result,) = bench.run_tests(engine, n_prompt=n_prompt, n_gen=n_gen, reps=args.reps)
+            tokens = (args.reps + 1) * (n_prompt + n_gen)  # the warm-up, then the repetitions
+            found[result.test] = result.samples
+            found[f"{result.test} cpu"] = 1000 * (cpu_seconds() - before) / tokens
     finally:
         engine.close()
     layers = " / ".join(f"{p.last - p.first}" for p in plan.placement) or str(info.n_layers + 1)
-    return {"layers": layers, **{r.test: r.samples for r in results}}
+    return {"layers": layers, **found}
 
 
 def row(name: str, setup: str, found: dict[str, object], base: dict[str, object]) -> str:
     cells = [name, setup, str(found["layers"])]
     for key in (k for k in found if k != "layers"):
+        if key.endswith(" cpu"):
+            cells.append(f"{found[key]:.2f} ({found[key] / base[key]:.2f}x)")  # type: ignore[operator]
+            continue
         samples = list(found[key])  # type: ignore[call-overload]
         mean = statistics.fmean(samples)
         sd = statistics.stdev(samples) if len(samples) > 1 else 0.0
@@ -115,9 +136,14 @@ def main() -> None:
         "Gemma 3 270M Q4_K_M": peers.gemma_path(),
     }
     print(f"python {' '.join(sys.argv)}")
-    print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, {args.threads} threads per part")
-    print(f"| model | setup | layers per part | pp{args.pp} t/s | tg{args.tg} t/s |")
-    print("|---|---|---|---|---|")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, load average {load}")
+    print(f"{args.threads} thread(s) per part; workers offer {BUDGET / 1e9:.0f} GB each")
+    pp, tg = f"pp{args.pp}", f"tg{args.tg}"
+    print(
+        f"| model | setup | layers per part | {pp} t/s | {pp} CPU ms/token | {tg} t/s | {tg} CPU ms/token |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for name, path in models.items():
         base = measure(path, [], args)
         print(row(name, "local", base, base), flush=True)
@@ -126,6 +152,7 @@ def main() -> None:
                 found = measure(path, endpoints, args)
             label = f"{count} worker{'s' if count > 1 else ''} + local"
             print(row(name, label, found, base), flush=True)
+    print(f"load average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

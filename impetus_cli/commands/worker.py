@@ -187,7 +187,6 @@ def _run_binary(program: Path, host: str, port: int, threads: int, cache: bool) 
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, forward)
-    try:
-        return child.wait()
-    finally:
-        console().print("worker stopped.")
+    code = child.wait()
+    console().print(f"worker stopped ({program.name} exited with {code}).")
+    return code
