@@ -108,7 +108,7 @@ def test_piped_prompt_is_answered_once_in_plain_text(gemma_gguf: Path, impetus_h
         capture_output=True,
         text=True,
         env=chat_env(impetus_home),
-        timeout=120,
+        timeout=900,  # a guard against a hang, not a speed test: the reply is bounded in tokens
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip()
@@ -116,7 +116,8 @@ def test_piped_prompt_is_answered_once_in_plain_text(gemma_gguf: Path, impetus_h
     # the built-in model is a base model: chat says so once, and the reply ended (the model
     # stopped, or the loop guard stopped a reply that repeated itself), never the timeout
     assert "is a base model" in result.stderr
-    assert "(reply cut" not in result.stderr or "it repeated itself" in result.stderr
+    notes = [line for line in result.stderr.splitlines() if line.startswith("(reply cut")]
+    assert all(n.endswith(("it repeated itself)", "the length limit)")) for n in notes), notes
 
 
 def test_piped_chat_with_an_unknown_model_fails_on_stderr(impetus_home: Path) -> None:

@@ -13,6 +13,10 @@ from impetus_cli.runtime.limits import reply_budget
 from impetus_cli.runtime.replies import ReplyParser
 from impetus_cli.runtime.types import ChatRequest, CompletionRequest, SamplingParams, ToolSpec
 
+# A base model continues text and never ends a chat turn; sampled, its rambling need not repeat
+# exactly (the loop guard's signs), so a chat request to it without max_tokens stops here.
+BASE_MODEL_CHAT_TOKENS = 1024
+
 
 @dataclass(frozen=True)
 class Prepared:
@@ -52,6 +56,8 @@ def prepare_chat(engine: Engine, request: ChatRequest, default_max_tokens: int) 
         preserve=preserved_markers(template, info.architecture),
     )
     parser = reply_parser(template, info.architecture, tools=tools, prompt=prompt)
+    if info.base_model:  # it never ends a chat turn: by default, stop it sooner
+        default_max_tokens = min(default_max_tokens, BASE_MODEL_CHAT_TOKENS)
     budgeted = _budgeted(engine, tokens, sampling, default_max_tokens, request.num_ctx)
     return Prepared(tokens, budgeted, parser)
 
