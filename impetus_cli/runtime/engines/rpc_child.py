@@ -23,6 +23,7 @@ from typing import Any
 
 from impetus_cli.errors import EngineError
 
+MODULE = __name__  # what the parent runs with `python -m`
 PROPERTIES = ("special_tokens", "special_text", "chat_template")  # sent once, at "ready"
 
 

@@ -31,8 +31,8 @@ from typing import Any
 
 from impetus_cli.errors import ContextLengthExceeded, EngineError, ImpetusError
 from impetus_cli.runtime import rpc
-from impetus_cli.runtime.engines import rpc_child
 from impetus_cli.runtime.engines.base import relay
+from impetus_cli.runtime.engines.rpc_child import MODULE as CHILD_MODULE
 from impetus_cli.runtime.engines.rpc_child import unpack_error
 from impetus_cli.runtime.types import (
     ChatMessage,
@@ -72,7 +72,7 @@ class _Child:
         parent, child = socket.socketpair()
         path = _package_root() + os.pathsep + os.environ.get("PYTHONPATH", "")
         process = subprocess.Popen(
-            [sys.executable, "-m", rpc_child.__name__, str(child.fileno())],
+            [sys.executable, "-m", CHILD_MODULE, str(child.fileno())],
             pass_fds=[child.fileno()],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
