@@ -75,15 +75,16 @@ class Worker:
         self.process.wait(30)
 
 
-def start_worker(port: int, mem: str = "1GB") -> Worker:
+def start_worker(port: int, mem: str | None = "1GB", **env: str) -> Worker:
     """`impetus worker` in its own process; returns once it said it is ready."""
     command = [sys.executable, "-m", "impetus_cli.cli", "worker", "--port", str(port)]
+    command += ["--threads", "1", *(["--mem", mem] if mem else [])]
     process = subprocess.Popen(
-        [*command, "--mem", mem, "--threads", "1"],
+        command,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"},
+        env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1", **env},
     )
     worker = Worker(process, f"127.0.0.1:{port}", [])
     ready = threading.Event()
@@ -249,6 +250,16 @@ def test_worker_reports_its_memory_cap_and_stops_cleanly_on_sigterm() -> None:
     with socket.socket() as sock:  # the port is free again
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", port))
+
+
+@needs_rpc
+def test_without_mem_a_worker_offers_what_impetus_would_budget_there() -> None:
+    worker = start_worker(free_port(), mem=None, IMPETUS_MEMORY_BUDGET="1234MB")
+    try:
+        (device,) = rpc.probe(worker.endpoint)
+    finally:
+        stop_worker(worker)
+    assert device.free_bytes == 1_234_000_000
 
 
 @needs_rpc

@@ -21,7 +21,7 @@ from typing import Annotated
 import typer
 
 from impetus_cli.commands._ui import console, err_console, human_bytes
-from impetus_cli.errors import ConfigError, ImpetusError
+from impetus_cli.errors import ConfigError, EngineError, ImpetusError
 
 BINARIES = ("rpc-server", "ggml-rpc-server", "llama-rpc-server")
 
@@ -34,7 +34,10 @@ def worker(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 50052,
     mem: Annotated[
-        str | None, typer.Option(help="Memory to offer, e.g. 24GB (default: the device's).")
+        str | None,
+        typer.Option(
+            help="Memory to offer, e.g. 24GB (default: impetus's budget for this machine)."
+        ),
     ] = None,
     threads: Annotated[
         int | None, typer.Option(help="CPU threads (default: the physical cores).")
@@ -113,6 +116,13 @@ def _installed_binary() -> Path:
     )
 
 
+def _own_budget() -> int:
+    from impetus_cli.runtime import hardware
+    from impetus_cli.runtime.config import load_settings
+
+    return hardware.memory_budget(hardware.detect(), load_settings())
+
+
 def _check_port(host: str, port: int) -> None:
     """Fail now, with a message, rather than in llama.cpp (which only prints and returns)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -132,9 +142,15 @@ def _run_library(endpoint: str, limit: int | None, threads: int, cache_dir: Path
     from impetus_cli.runtime.engines import llama_rpc
 
     devices = llama_rpc.server_devices()
-    if limit is not None:
-        for device in devices:
-            llama_rpc.cap_memory(device, limit)
+    # What serving machines plan with: without --mem, the budget impetus gives models here (a
+    # CPU device reports all of RAM as free; the system needs some of it).
+    for device in devices:
+        try:
+            llama_rpc.cap_memory(device, limit if limit is not None else _own_budget())
+        except EngineError:
+            if limit is not None:
+                raise
+            err_console().print("[yellow]Offering the device's own memory report.[/]")
     out = console()
     lib = llama_rpc.rpc_library()
     out.print(f"llama.cpp RPC server: the library llama-cpp-python built ({lib}), on {endpoint}")
@@ -148,9 +164,10 @@ def _run_library(endpoint: str, limit: int | None, threads: int, cache_dir: Path
     server = threading.Thread(target=run, name="llama.cpp-rpc-server", daemon=True)
     server.start()
     host, port = rpc.split_endpoint(endpoint)
-    reachable = f"127.0.0.1:{port}" if host in ("0.0.0.0", "::") else endpoint
-    if _wait_ready(reachable, server, stop):
-        out.print(f"ready: on the serving machine, `impetus serve --rpc {reachable}`")
+    wildcard = host in ("0.0.0.0", "::")
+    if _wait_ready(f"127.0.0.1:{port}" if wildcard else endpoint, server, stop):
+        address = f"{socket.gethostname()}:{port}" if wildcard else endpoint
+        out.print(f"ready: on the serving machine, `impetus serve --rpc {address}`")
     while server.is_alive() and not stop.wait(0.5):
         pass
     _exit(0 if stop.is_set() else 1, "stopped" if stop.is_set() else "llama.cpp's server failed")
