@@ -401,7 +401,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"unknown agents: {', '.join(sorted(unknown))}")
     server, url = None, args.url
-    log = Path(tempfile.gettempdir()) / "agents-acceptance-serve.log"
+    # One log per run: two runs at once must not write into each other's.
+    log = Path(tempfile.mkstemp(prefix="agents-acceptance-serve-", suffix=".log")[1])
     if args.start:
         server, url = start_impetus(args.model, log)
         print(f"impetus serve at {url} (log: {log})", file=sys.stderr)
