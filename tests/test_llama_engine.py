@@ -18,6 +18,9 @@ from tests.fixtures.tiny_models import make_plan, write_tiny_gguf
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
 
 GREEDY = SamplingParams(max_tokens=16, temperature=0, ignore_eos=True)
+# Gemma evaluating thousands of prompt tokens on two shared cores: minutes when they are busy
+# (the suite's 300 s guards against hangs, not against a slow machine).
+LONG_PROMPTS = pytest.mark.timeout(900)
 
 
 def chat_tokens(engine: Any, text: str) -> list[int]:
@@ -260,6 +263,7 @@ def test_a_second_session_sharing_the_system_prompt_copies_it_and_keeps_the_firs
         cold.close()
 
 
+@LONG_PROMPTS
 def test_gemma_slots_trimmed_and_refilled_never_run_out_of_window_cells(gemma_gguf: Path) -> None:
     """Gemma's sliding-window cache holds each slot's window only: a follow-up that trims a
     long conversation's tail, beside another cached conversation, must keep decoding (shared
@@ -282,6 +286,7 @@ def test_gemma_slots_trimmed_and_refilled_never_run_out_of_window_cells(gemma_gg
         engine.close()
 
 
+@LONG_PROMPTS
 def test_gemma_sessions_sharing_a_system_prompt_reuse_its_snapshot(gemma_gguf: Path) -> None:
     """On a sliding-window model a shared prefix cannot be copied between slots, and a session
     that moved on no longer holds the window at its end: the second session evaluates the
@@ -312,6 +317,7 @@ def test_gemma_sessions_sharing_a_system_prompt_reuse_its_snapshot(gemma_gguf: P
         cold.close()
 
 
+@LONG_PROMPTS
 def test_gemma_follow_up_with_a_retokenized_reply_rolls_back_to_its_checkpoint(
     gemma_gguf: Path,
 ) -> None:
@@ -339,6 +345,7 @@ def test_gemma_follow_up_with_a_retokenized_reply_rolls_back_to_its_checkpoint(
         cold.close()
 
 
+@LONG_PROMPTS
 @pytest.mark.parametrize("room", ["for both", "for one", "for none"])
 def test_gemma_idle_conversations_leave_the_kv_cache_while_a_long_prompt_evaluates(
     gemma_gguf: Path, room: str

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from impetus_cli.errors import ContextLengthExceeded, ImpetusError
+from impetus_cli.errors import ContextLengthExceeded, EngineError, ImpetusError
 from impetus_cli.runtime.types import ChatMessage, GenerationChunk, SamplingParams
 
 pytest.importorskip("mlx_lm")
@@ -288,6 +288,31 @@ def test_a_q8_kv_type_quantizes_the_cache_and_still_reuses_it(q8_engine: Any) ->
     final = run(q8_engine, second, max_tokens=6, temperature=0, ignore_eos=True)[-1]
     assert final.finish_reason == "length" and final.cached_tokens >= len(first)
     assert type(q8_engine._pool.entries[0].cache[0]).__name__ == "QuantizedKVCache"
+
+
+def test_a_failed_serial_generation_is_an_engine_error_and_the_next_one_is_served(
+    q8_engine: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The quantized-cache path runs in the reader's thread: a failure there reaches the reader
+    as an EngineError, shows in ``failure``, drops the cache it was extending (its state is
+    unknown), and the next request is served from a fresh one."""
+    real, raised = q8_engine._steps, []
+
+    def steps(*args: Any) -> Any:
+        if not raised:
+            raised.append(True)
+            raise RuntimeError("injected failure")
+        return real(*args)
+
+    monkeypatch.setattr(q8_engine, "_steps", steps)
+    tokens = prompt_tokens(q8_engine, "fails once")
+    greedy: dict[str, Any] = {"max_tokens": 3, "temperature": 0, "ignore_eos": True}
+    with pytest.raises(EngineError, match="injected failure"):
+        run(q8_engine, tokens, **greedy)
+    assert q8_engine.failure is not None and "injected failure" in q8_engine.failure
+    final = run(q8_engine, tokens, **greedy)[-1]
+    assert final.finish_reason == "length" and final.completion_tokens == 3
+    assert final.cached_tokens == 0 and q8_engine.failure is None
 
 
 def test_the_kv_type_stays_full_precision_when_heads_do_not_split(tiny_mlx_engine: Any) -> None:

@@ -60,7 +60,7 @@ class Failure:
 
 class Health:
     """An engine's last generation failure, kept until a later request completes: what
-    ``Engine.failure`` reports (for /health). Written by one thread at a time, read by any."""
+    ``Engine.failure`` reports (for /health). Any thread may set, clear or read it."""
 
     def __init__(self) -> None:
         self._last: Failure | None = None

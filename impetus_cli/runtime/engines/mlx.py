@@ -189,9 +189,10 @@ class MlxEngine:
             start = time.perf_counter()
             entry, cached = self._pool.take(tokens)
             reply = Reply(self._mlx, tokens, cached, sampling, cancel, start=start)
-            steps = self._steps(reply, entry.cache, limit)
+            steps: Any = None
             failed = False
             try:
+                steps = self._steps(reply, entry.cache, limit)
                 for token_array, logprobs in steps:
                     chunk, ended = reply.add(int(token_array), logprobs)
                     if chunk is not None:
@@ -203,8 +204,9 @@ class MlxEngine:
                 self._pool.discard(entry)  # what the cache holds is unknown
                 self._health.failed(f"MLX generation failed ({type(exc).__name__}: {exc}).")
                 raise EngineError(f"MLX generation failed: {exc}") from exc
-            finally:
-                steps.close()
+            finally:  # also when the reader stops early: the cache keeps what was fed
+                if steps is not None:
+                    steps.close()
                 if not failed:
                     self._pool.give_back(entry, entry.cache, reply.sequence)
         if reply.finish != "cancelled":
