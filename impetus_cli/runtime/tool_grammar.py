@@ -22,6 +22,9 @@ PARAM = "tools"
 # Bare text of an XML parameter: anything but the start of a closing tag.
 BAD = r"\uD800-\uDFFF\U00110000-\U001FFFFF"  # not characters (see json_grammar)
 XML_TEXT = rf'( [^<{BAD}] | "<" [^/<{BAD}] )*'
+# Calls one forced reply may make: the grammar is then complete and only an end-of-generation
+# token may follow, so a model that never stops (a base model) still ends its reply.
+MAX_CALLS = 16
 # Dialects whose template can hold one call per reply only.
 SINGLE = ("harmony", "llama3")
 
@@ -53,13 +56,14 @@ def tool_call_grammar(
     many = parallel and dialect not in SINGLE
     if dialect in ("deepseek", "kimi"):
         begin, end = _SECTIONS[dialect]
-        body = f"{literal(begin)} {one}{'+' if many else ''} {literal(end)}"
+        body = f"{literal(begin)} {one}{f'{{1,{MAX_CALLS}}}' if many else ''} {literal(end)}"
     elif dialect == "mistral-json":
         sep = ' ", " ' + one
-        body = f'"[TOOL_CALLS][" {one} ({sep})* "]"' if many else f'"[TOOL_CALLS][" {one} "]"'
+        rest = f"({sep}){{0,{MAX_CALLS - 1}}}"
+        body = f'"[TOOL_CALLS][" {one} {rest} "]"' if many else f'"[TOOL_CALLS][" {one} "]"'
     else:
         sep = {"hermes": '"\\n"', "qwen3-coder": '"\\n"', "glm": '"\\n"'}.get(dialect, "")
-        body = f"{one} ( {sep} {one} )*" if many else one
+        body = f"{one} ( {sep} {one} ){{0,{MAX_CALLS - 1}}}" if many else one
     return b.text(f"{literal(prefix)} {body}" if prefix else body)
 
 
