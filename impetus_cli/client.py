@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from impetus_cli.errors import ImpetusError, ModelNotFound, ServerUnreachable
@@ -82,6 +82,24 @@ class ImpetusClient:
 
     def unload(self, name: str) -> dict[str, Any]:
         return self._json("POST", "/impetus/unload", {"model": name})
+
+    def pull(self, name: str, progress: Callable[[int, int], None]) -> str:
+        """Pull on the server (its /api/pull, streamed): ``progress(done, total)`` per line;
+        the name pulled, or the server's error raised."""
+        done: dict[str, tuple[int, int]] = {}
+        with self._request("POST", "/api/pull", {"model": name, "stream": True}, timeout=600) as r:
+            for raw in r:
+                event = json.loads(raw or b"{}")
+                if event.get("error"):
+                    raise ImpetusError(str(event["error"]))
+                if "completed" in event and event.get("digest"):
+                    done[event["digest"]] = (int(event["completed"]), int(event.get("total") or 0))
+                    progress(sum(d for d, _ in done.values()), sum(t for _, t in done.values()))
+        return name
+
+    def remove(self, name: str) -> None:
+        """Remove a pulled model on the server (its /api/delete)."""
+        self._request("DELETE", "/api/delete", {"model": name}).close()
 
     def _sse(self, path: str, body: Any = None, method: str = "POST") -> Iterator[dict[str, Any]]:
         with self._request(method, path, body) as reply:

@@ -9,6 +9,7 @@ import typer
 from impetus_cli.commands._options import UrlOpt
 
 if TYPE_CHECKING:
+    from impetus_cli.client import ImpetusClient
     from impetus_cli.runtime.config import Settings
     from impetus_cli.tui.app import LocalActions
 
@@ -25,22 +26,14 @@ def tui(url: UrlOpt = None) -> None:
 
     settings = load_settings()
     client = ImpetusClient(url or settings.base_url, api_key=settings.api_key)
-    make_app(client, local_actions(settings, url)).run()
+    make_app(client, local_actions(settings, client)).run()
 
 
-def local_actions(settings: Settings, url: str | None) -> LocalActions:
-    """Pull and remove act on this machine's store; start_server launches `impetus serve`."""
+def local_actions(settings: Settings, client: ImpetusClient) -> LocalActions:
+    """Pull and remove act on the server the dashboard watches (its /api/pull and
+    /api/delete, as `ollama`'s CLI does), so `--url` never changes this machine by mistake;
+    start_server launches `impetus serve` here."""
     from impetus_cli.tui.app import LocalActions
-
-    def pull(name: str, progress):  # type: ignore[no-untyped-def]
-        from impetus_cli.runtime.download import pull as do_pull
-
-        return do_pull(name, settings, lambda p: progress(p.downloaded, p.total)).name
-
-    def remove(name: str) -> None:
-        from impetus_cli.runtime.store import Store
-
-        Store(settings).remove(name)
 
     def start_server() -> str:
         import os
@@ -62,5 +55,4 @@ def local_actions(settings: Settings, url: str | None) -> LocalActions:
             )
         return f"started impetus serve (pid {proc.pid}, log {log}); waiting for it to answer..."
 
-    del url  # a remote server is only watched; only the local one can be started
-    return LocalActions(pull=pull, remove=remove, start_server=start_server)
+    return LocalActions(pull=client.pull, remove=client.remove, start_server=start_server)
