@@ -5,6 +5,9 @@ after the stream began, authentication, and a server that is overloaded."""
 from __future__ import annotations
 
 import json
+import socket
+import struct
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -152,6 +155,63 @@ def test_pings_keep_the_stream_alive_while_the_prompt_is_evaluated(
         "content_block_start", "content_block_delta", "content_block_stop", "message_delta",
         "message_stop",
     ]  # fmt: skip
+
+
+def test_a_ping_goes_out_while_the_engine_is_still_silent(
+    scripted: tuple[str, ModelManager], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Claude Code gives up on a stream that stays silent: the pings must reach it during a
+    long prompt evaluation, not only with the first words after it."""
+    url, manager = scripted
+    FakeEngine.enqueue(["warm"])
+    ask(url, stream=True)
+    monkeypatch.setattr("impetus_cli.server.streaming.HEARTBEAT_S", 0.2)
+    manager.loaded()[0].engine.step_delay = 20.0  # type: ignore[attr-defined]
+    FakeEngine.enqueue(["late"])
+    body = json.dumps({"model": "qwen3:8b", "max_tokens": 8, "stream": True, "messages": ASK})
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(
+            f"POST /v1/messages HTTP/1.1\r\nHost: {host}\r\nx-api-key: {KEY}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode()
+        )
+        received = b""
+        while b"event: ping" not in received:  # a 10 s read timeout, the engine waits 20 s
+            chunk = sock.recv(65536)
+            assert chunk, received
+            received += chunk
+    assert b"event: message_start" in received and b"late" not in received
+
+
+def test_a_client_hanging_up_while_the_prompt_is_evaluated_is_no_server_error(
+    scripted: tuple[str, ModelManager], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Claude Code gone (a reset) while pings are being sent: the generation stops, its slot
+    goes back, and the next request is answered; no 500 is logged."""
+    url, manager = scripted
+    metrics_request = urllib.request.Request(url + "/metrics", headers={"x-api-key": KEY})
+    FakeEngine.enqueue(["warm"])
+    ask(url, stream=True)
+    monkeypatch.setattr("impetus_cli.server.streaming.HEARTBEAT_S", 0.2)
+    manager.loaded()[0].engine.step_delay = 2.0  # type: ignore[attr-defined]
+    FakeEngine.enqueue(["word "] * 5)
+    body = json.dumps({"model": "qwen3:8b", "max_tokens": 100, "stream": True, "messages": ASK})
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(
+            f"POST /v1/messages HTTP/1.1\r\nHost: {host}\r\nx-api-key: {KEY}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode()
+        )
+        received = b""
+        while b"event: ping" not in received:
+            received += sock.recv(65536)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    manager.loaded()[0].engine.step_delay = 0.0  # type: ignore[attr-defined]
+    FakeEngine.enqueue(["next"])
+    assert check_blocks(ask(url, stream=True))[0]["text"] == "next"
+    with urllib.request.urlopen(metrics_request, timeout=30) as reply:
+        metrics = reply.read().decode()
+    assert 'endpoint="/v1/messages",status="500"' not in metrics
 
 
 def test_a_failure_after_the_stream_began_is_an_error_event(

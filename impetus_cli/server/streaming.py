@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -55,9 +55,14 @@ class Renderer(Protocol):
 
 
 async def pump(
-    request: web.Request, gen: Generation, heartbeat: Callable[[], None] | None = None
-) -> AsyncIterator[GenerationChunk]:
-    """Drive ``gen`` in a worker thread; yield its chunks here. Leaving early cancels it."""
+    request: web.Request,
+    gen: Generation,
+    heartbeat: Callable[[], Awaitable[None]] | None = None,
+) -> AsyncGenerator[GenerationChunk, None]:
+    """Drive ``gen`` in a worker thread; yield its chunks here. Leaving early cancels it;
+    close it (``contextlib.aclosing``) so that the worker is done before ``gen`` is closed.
+    ``heartbeat`` is awaited after a quiet spell, so it reaches the client while the engine
+    is still silent (a long prompt evaluation)."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[Any] = asyncio.Queue()
 
@@ -85,7 +90,7 @@ async def pump(
                 if client_gone(request) or request.app[STOPPING].is_set():
                     gen.cancel.set()  # e.g. a hang-up during a long prompt evaluation
                 elif heartbeat and time.monotonic() - quiet_since > HEARTBEAT_S:
-                    heartbeat()
+                    await heartbeat()
                     quiet_since = time.monotonic()
                 continue
             quiet_since = time.monotonic()
@@ -107,8 +112,9 @@ async def respond(
     try:
         if not stream:
             summary = StreamSummary(keep_chunks=renderer.keep_chunks)
-            async for chunk in pump(request, gen):
-                summary.add(chunk)
+            async with contextlib.aclosing(pump(request, gen)) as chunks:
+                async for chunk in chunks:
+                    summary.add(chunk)
             _log(request, gen, summary)
             if summary.cancelled and request.app[STOPPING].is_set():
                 raise ShuttingDown()
@@ -129,16 +135,19 @@ async def _stream(request: web.Request, gen: Generation, renderer: Renderer) -> 
         },
     )
     summary = StreamSummary()
-    pending: list[bytes] = []
+
+    async def beat() -> None:
+        await _write(response, renderer.heartbeat())
+
     try:
         await response.prepare(request)
         await _write(response, renderer.start())
-        async for chunk in pump(request, gen, lambda: pending.extend(renderer.heartbeat())):
-            if pending:
-                await _write(response, pending)
-                pending.clear()
-            summary.add(chunk)
-            await _write(response, renderer.chunk(chunk))
+        # aclosing: a failed write leaves the loop with the worker waited for, before
+        # respond() closes the generation it may still be running
+        async with contextlib.aclosing(pump(request, gen, beat)) as chunks:
+            async for chunk in chunks:
+                summary.add(chunk)
+                await _write(response, renderer.chunk(chunk))
         if summary.cancelled and request.app[STOPPING].is_set():
             raise ShuttingDown()
         await _write(response, renderer.end(summary))
