@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from impetus_cli.errors import InsufficientMemory
@@ -66,3 +66,27 @@ def no_room(
         + (f"; loading: {others}." if others else "."),
         "Wait for running requests to finish, unload a model, or raise --memory-budget.",
     )
+
+
+class Ticker:
+    """Calls ``tick`` every ``interval`` seconds in a daemon thread, from ``start`` (the first
+    call starts it; later ones do nothing) until ``stop``."""
+
+    def __init__(self, tick: Callable[[], None], *, name: str, interval: float = 1.0):
+        self._tick, self._name, self._interval = tick, name, interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._tick()
+
+    def stop(self) -> None:
+        self._stop.set()

@@ -25,7 +25,7 @@ from impetus_cli.errors import ContextLengthExceeded, Overloaded, RequestCancell
 from impetus_cli.runtime.config import Settings
 from impetus_cli.runtime.engines.base import Engine
 from impetus_cli.runtime.generation import Generation, Outcome
-from impetus_cli.runtime.loaded import Loaded, no_room
+from impetus_cli.runtime.loaded import Loaded, Ticker, no_room
 from impetus_cli.runtime.loop_guard import LoopGuard
 from impetus_cli.runtime.metrics import Event, EventBus, Metrics
 from impetus_cli.runtime.prepare import Prepared, prepare_chat, prepare_completion
@@ -86,8 +86,7 @@ class ModelManager:
         self._reserved: dict[str, int] = {}  # planned bytes of loads in flight
         self._load_errors: dict[str, BaseException] = {}
         self._lock = threading.RLock()
-        self._stop = threading.Event()
-        self._reaper: threading.Thread | None = None
+        self._reaper = Ticker(self._reap, name="impetus-keepalive")
         self.remotes = Remotes.of(settings, self.metrics, self.bus)  # NAME/MODEL upstreams
 
     # -- names and plans (runtime/resolver.py) ---------------------------------------------
@@ -189,7 +188,7 @@ class ModelManager:
                     {"seconds": seconds, "n_ctx": plan.n_ctx, "notes": list(plan.notes)},
                 )
             )
-            self._start_reaper()
+            self._reaper.start()
         except BaseException as exc:
             with self._lock:
                 self._load_errors[model.name] = exc
@@ -389,23 +388,15 @@ class ModelManager:
 
     # -- status and lifetime ----------------------------------------------------------------
 
-    def _start_reaper(self) -> None:
-        with self._lock:
-            if self._reaper is None:
-                self._reaper = threading.Thread(
-                    target=self._reap, name="impetus-keepalive", daemon=True
-                )
-                self._reaper.start()
-
     def _reap(self) -> None:
-        while not self._stop.wait(1.0):
-            now = time.time()
-            with self._lock:
-                expired = [e for e in self._loaded.values() if e.expired(now)]
-                for entry in expired:
-                    del self._loaded[entry.model.name]
+        """Unload the models idle for longer than their keep-alive (every second, in a thread)."""
+        now = time.time()
+        with self._lock:
+            expired = [e for e in self._loaded.values() if e.expired(now)]
             for entry in expired:
-                self._close(entry, "keep_alive expired")
+                del self._loaded[entry.model.name]
+        for entry in expired:
+            self._close(entry, "keep_alive expired")
 
     def loaded(self) -> list[Loaded]:
         with self._lock:
@@ -415,7 +406,7 @@ class ModelManager:
         return self.remotes.add_to(server_status(self, __version__))
 
     def close(self) -> None:
-        self._stop.set()
+        self._reaper.stop()
         self.remotes.close()
         with self._lock:
             entries = [*self._loaded.values(), *self._closing]
