@@ -79,6 +79,7 @@ class Reply:
     ttft_s: float
     decode_tps: float
     tokens: int
+    last_s: float  # request sent -> last token
 
 
 def one(url: str, model: str, max_tokens: int) -> Reply:
@@ -108,7 +109,7 @@ def one(url: str, model: str, max_tokens: int) -> Reply:
                 first = first or last
                 tokens += 1
         span = last - first
-        return Reply(first - start, (tokens - 1) / span if span > 0 else 0.0, tokens)
+        return Reply(first - start, (tokens - 1) / span if span > 0 else 0.0, tokens, last - start)
     finally:
         conn.close()
 
@@ -145,6 +146,7 @@ def summary(pairs: list[tuple[Reply, Reply]], cpu_per_token_s: float) -> dict[st
     direct_tps = med(d.decode_tps for d, _ in pairs)
     proxy_tps = med(p.decode_tps for _, p in pairs)
     added = [p.ttft_s - d.ttft_s for d, p in pairs]
+    added_last = [p.last_s - d.last_s for d, p in pairs]
     return {
         "rounds": len(pairs),
         "tokens_per_reply": pairs[0][0].tokens,
@@ -152,6 +154,9 @@ def summary(pairs: list[tuple[Reply, Reply]], cpu_per_token_s: float) -> dict[st
         "ttft_proxy_ms": round(1000 * med(p.ttft_s for _, p in pairs), 2),
         "added_ttft_median_ms": round(1000 * med(added), 2),
         "added_ttft_p90_ms": round(1000 * sorted(added)[int(0.9 * (len(added) - 1))], 2),
+        "ttft_min_direct_ms": round(1000 * min(d.ttft_s for d, _ in pairs), 2),
+        "ttft_min_proxy_ms": round(1000 * min(p.ttft_s for _, p in pairs), 2),
+        "added_last_token_median_ms": round(1000 * med(added_last), 2),
         "decode_direct_tps": round(direct_tps, 2),
         "decode_proxy_tps": round(proxy_tps, 2),
         "decode_overhead_pct": round(100 * (1 - proxy_tps / direct_tps), 2) if direct_tps else None,
