@@ -397,3 +397,38 @@ def test_an_upstream_that_dies_is_down_then_up_when_it_returns(tiny_gguf: Path) 
         with serve_at(upstream_manager(), settings, port):
             wait_for(lambda: state() == "up", "the upstream to be up again")
             assert raw_post(proxy, "/v1/chat/completions", body)[0] == 200
+
+
+def test_count_tokens_of_a_remote_model_is_the_upstreams_count(upstream: str, proxy: str) -> None:
+    """Anthropic's count_tokens on a remote model: the upstream counts the translated request,
+    and the count equals what the upstream counts for the same Messages request itself (the
+    translation loses nothing the prompt is made of)."""
+    import anthropic
+
+    kw: dict[str, Any] = {
+        "system": "You are a coding agent.",
+        "messages": [
+            {"role": "user", "content": "List the files."},
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "tool_use", "id": "t1", "name": "Bash", "input": {"command": "ls"}}
+                ],
+            },
+            {
+                "role": "user",
+                "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "README.md"}],
+            },
+        ],
+        "tools": [
+            {
+                "name": "Bash",
+                "description": "Run a command.",
+                "input_schema": {"type": "object", "properties": {"command": {"type": "string"}}},
+            }
+        ],
+    }
+    via = anthropic.Anthropic(base_url=proxy, api_key=LOCAL_KEY, max_retries=0)
+    own = anthropic.Anthropic(base_url=upstream, api_key=UPSTREAM_KEY, max_retries=0)
+    counted = via.messages.count_tokens(model="up/tiny", **kw).input_tokens
+    assert counted == own.messages.count_tokens(model="tiny", **kw).input_tokens > 20
