@@ -66,7 +66,10 @@ def event(name: str, data: dict[str, Any]) -> bytes:
 
 
 def usage(prompt: int, final: GenerationChunk | None) -> dict[str, int]:
+    """Anthropic's arithmetic: input_tokens are the evaluated ones, the reused ones are a cache
+    read. The final chunk's prompt count wins (a remote model's arrives only there)."""
     f = final or GenerationChunk()
+    prompt = f.prompt_tokens or prompt
     cached = min(f.cached_tokens, prompt)
     return {
         "input_tokens": prompt - cached,

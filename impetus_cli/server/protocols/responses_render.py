@@ -39,6 +39,7 @@ def new_id(prefix: str) -> str:
 
 def usage(prompt: int, final: GenerationChunk | None, reasoning_tokens: int) -> Json:
     f = final or GenerationChunk()
+    prompt = f.prompt_tokens or prompt  # a remote model's count arrives with the end
     return {
         "input_tokens": prompt,
         "input_tokens_details": {"cached_tokens": f.cached_tokens},
