@@ -259,6 +259,7 @@ class LlamaEngine:
             raise ImpetusError("The prompt is empty.", param="messages")
         limit = reply_budget(self.n_ctx, len(tokens), sampling.max_tokens)
         request = Request(list(tokens), sampling, cancel or threading.Event(), limit)
+        request.preserved = self._llama.token_ids(sampling.preserve)
         return self._scheduler.stream(request)
 
     # -- embeddings ---------------------------------------------------------------------------

@@ -43,6 +43,7 @@ class Request(Pending):
     top_logprobs: list[tuple[tuple[int, float], ...]] = field(default_factory=list)
     decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
     stops: Any = None
+    preserved: frozenset[int] = frozenset()  # control tokens the reply shows (markers)
     prompt_done: float = 0.0
     first_at: float = 0.0
 
@@ -186,7 +187,8 @@ class Scheduler(Worker[Request]):
             chosen, top = r.sampler.logprobs(ctx, index, token, r.sampling.logprobs)
             r.logprobs.append(chosen)
             r.top_logprobs.append(top)
-        text, stopped = r.stops.feed(r.decoder.decode(self.llama.piece(token)))
+        piece = self.llama.piece(token, token in r.preserved)
+        text, stopped = r.stops.feed(r.decoder.decode(piece))
         if text:
             r.out.put(self._chunk(r, text))
         if stopped:

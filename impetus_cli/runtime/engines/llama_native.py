@@ -89,17 +89,30 @@ class LlamaContext:
     n_vocab: int
     n_swa: int
 
-    def piece(self, token: int) -> bytes:
-        """One token's text as bytes (a byte token is a piece of a character); any thread."""
+    def piece(self, token: int, special: bool = False) -> bytes:
+        """One token's text as bytes (a byte token is a piece of a character); any thread.
+        Control tokens render as "" unless ``special``."""
         buf = getattr(_PIECE_BUFFERS, "buf", None)
         if buf is None:
             buf = _PIECE_BUFFERS.buf = ctypes.create_string_buffer(256)
-        n = self.lib.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+        n = self.lib.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
         if n < 0:
             big = ctypes.create_string_buffer(-n)
-            n = self.lib.llama_token_to_piece(self.vocab, token, big, -n, 0, False)
+            n = self.lib.llama_token_to_piece(self.vocab, token, big, -n, 0, special)
             return big.raw[:n]
         return buf.raw[:n]
+
+    def token_ids(self, texts: tuple[str, ...]) -> frozenset[int]:
+        """The tokens that spell each of ``texts`` alone (a model's markers, which are often
+        control tokens): a reply renders these, so its parser sees them."""
+        found = set()
+        for text in texts:
+            data = text.encode()
+            buf = (ctypes.c_int32 * 8)()
+            n = self.lib.llama_tokenize(self.vocab, data, len(data), buf, 8, False, True)
+            if n == 1:
+                found.add(int(buf[0]))
+        return frozenset(found)
 
     def text(self, token: int) -> str:
         """A token's text as the vocabulary spells it (control tokens too); "" for none (-1)."""
