@@ -88,7 +88,7 @@ def serve(
         list[str] | None,
         typer.Option(
             help="Serve an OpenAI-compatible server's models as NAME/MODEL: [NAME=]URL "
-            "(repeatable; key and filters in config.toml's [[remote]]).",
+            "(repeatable; key and filters in config.toml's remote tables).",
         ),
     ] = None,
 ) -> None:
