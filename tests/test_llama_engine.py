@@ -387,65 +387,7 @@ def test_gemma_idle_conversations_leave_the_kv_cache_while_a_long_prompt_evaluat
         cold.close()
 
 
-# -- prompt cache on disk ---------------------------------------------------------------------
-
-
-def load_cached(path: Path, cache: Path) -> Any:
-    from dataclasses import replace
-
-    from impetus_cli.runtime.engines.llama import LlamaEngine
-
-    info = inspect_model(path)
-    plan = replace(make_plan(path, info, n_ctx=1024, n_parallel=2), prompt_cache_dir=cache)
-    return LlamaEngine.load(plan, info)
-
-
-def long_prompt(engine: Any) -> list[int]:
-    tokens = chat_tokens(
-        engine, " ".join(f"line {i}: the agent's system prompt." for i in range(12))
-    )
-    assert len(tokens) > 256  # long enough to be worth saving
-    return tokens
-
-
-def test_a_restart_reuses_the_prompt_saved_at_unload(tiny_gguf: Path, tmp_path: Path) -> None:
-    first = load_cached(tiny_gguf, tmp_path)
-    prompt = long_prompt(first)
-    run(first, prompt)
-    first.close()  # saves the slots
-    assert len(list(tmp_path.glob("*/*.state"))) == 1
-    again, cold = load_cached(tiny_gguf, tmp_path), load(tiny_gguf, n_ctx=1024)
-    try:
-        follow = prompt + again.tokenize(" and the next turn", special=False)
-        chunks = run(again, follow)
-        assert chunks[-1].cached_tokens == len(prompt)  # restored from disk, not evaluated
-        assert again.last_evaluated_tokens == len(follow) - len(prompt)
-        assert text_of(chunks) == text_of(run(cold, follow))
-    finally:
-        again.close()
-        cold.close()
-
-
-def test_a_damaged_prompt_cache_entry_is_deleted_and_the_prompt_evaluated(
-    tiny_gguf: Path, tmp_path: Path
-) -> None:
-    first = load_cached(tiny_gguf, tmp_path)
-    prompt = long_prompt(first)
-    run(first, prompt)
-    first.close()
-    (state,) = tmp_path.glob("*/*.state")
-    data = bytearray(state.read_bytes())
-    data[len(data) // 2] ^= 0xFF  # one flipped byte in the KV values
-    state.write_bytes(bytes(data))
-    (tmp_path / state.parent.name / "half-written.json").write_text("{")
-    again = load_cached(tiny_gguf, tmp_path)
-    try:
-        assert not (tmp_path / state.parent.name / "half-written.json").exists()
-        final = run(again, prompt + again.tokenize(" more", special=False))[-1]
-        assert final.cached_tokens == 0 and final.finish_reason == "length"
-        assert not state.exists()
-    finally:
-        again.close()
+# The prompt cache (RAM and disk tiers behind the KV cache): tests/test_prompt_cache.py.
 
 
 # -- continuous batching ----------------------------------------------------------------------

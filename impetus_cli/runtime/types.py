@@ -156,7 +156,7 @@ class LoadPlan:
     kv_bytes: int
     compute_bytes: int
     notes: tuple[str, ...] = ()
-    prompt_cache_dir: Path | None = None  # where the KV cache is saved at unload (GGUF)
+    prompt_cache_dir: Path | None = None  # the prompt cache's disk tier (its root directory)
     snapshot_bytes: int = 0  # room for snapshots, checkpoints, parked sequences (GGUF, window)
     # A model split across machines (runtime/rpc.py): the parts, workers first and this machine
     # last, and the workers' endpoints. With a placement the byte fields count this machine's
@@ -165,10 +165,16 @@ class LoadPlan:
     rpc_workers: tuple[str, ...] = ()
     # Of kv_bytes, the recurrent layers' state (hybrid models): fixed, whatever the context.
     state_bytes: int = 0
+    # The prompt cache behind the KV cache (engines/prompt_tiers.py): host RAM for
+    # conversations that leave it (counted in total_bytes), and the disk tier's bound under
+    # prompt_cache_dir (0: no disk tier).
+    cache_ram_bytes: int = 0
+    cache_disk_bytes: int = 0
 
     @property
     def total_bytes(self) -> int:
-        return self.weights_bytes + self.kv_bytes + self.compute_bytes + self.snapshot_bytes
+        held = self.weights_bytes + self.kv_bytes + self.compute_bytes + self.snapshot_bytes
+        return held + self.cache_ram_bytes
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from typing import Any
 from impetus_cli.errors import CorruptModel, EngineError, ImpetusError
 from impetus_cli.runtime.engines.common import Health
 from impetus_cli.runtime.engines.llama_batch import Request, Scheduler
-from impetus_cli.runtime.engines.llama_cache import DiskCache
+from impetus_cli.runtime.engines.llama_cache import Identity, PromptCache
 from impetus_cli.runtime.engines.llama_native import (
     RECENT_ERRORS,
     LlamaContext,
@@ -33,6 +33,7 @@ from impetus_cli.runtime.engines.llama_native import (
 )
 from impetus_cli.runtime.engines.llama_rpc import apply_placement
 from impetus_cli.runtime.engines.llama_slots import Slots
+from impetus_cli.runtime.engines.prompt_tiers import DiskTier, TierStats
 from impetus_cli.runtime.limits import reply_budget
 from impetus_cli.runtime.types import (
     ChatMessage,
@@ -79,13 +80,32 @@ class LlamaEngine:
         self._embed_ctx: Any = None
         self._closed = False
         self._health = Health()
-        disk = None
-        if plan.prompt_cache_dir is not None:
-            kv_type = effective_kv_type(plan, info)
-            disk = DiskCache(plan.prompt_cache_dir, info, kv_type, self._llama.n_swa)
-        self._slots = Slots(self._llama, self._n_slots, disk, plan.snapshot_bytes)
+        self._cache = self._prompt_cache(plan, info)
+        self._slots = Slots(self._llama, self._n_slots, self._cache, plan.snapshot_bytes)
         n_batch = max(1, min(plan.n_batch, lib.llama_n_batch(ctx)))
         self._scheduler = Scheduler(self._llama, self._slots, n_batch, self._health)
+
+    def _prompt_cache(self, plan: LoadPlan, info: ModelInfo) -> PromptCache | None:
+        """The RAM and disk tiers behind the KV cache (llama_cache.py), as the plan sizes them."""
+        disk = None
+        if plan.prompt_cache_dir is not None and plan.cache_disk_bytes > 0:
+            from impetus_cli.runtime.templating_builtin import BUILTIN, template_for
+
+            template = (
+                self.chat_template
+                or BUILTIN[template_for(info.architecture, self.special_text.bos)]
+            )
+            kv_type = effective_kv_type(plan, info)
+            n_swa = self._llama.n_swa
+            identity = Identity.of(info, template, kv_type, plan.flash_attn, n_swa)
+            try:
+                disk = DiskTier(plan.prompt_cache_dir, identity.key(), plan.cache_disk_bytes)
+            except OSError as exc:  # an unwritable home: no disk tier, the server still runs
+                log.warning("prompt cache on disk disabled: %s", exc)
+        if disk is None and plan.cache_ram_bytes <= 0:
+            return None
+        trimmable = info.recurrent_layers == 0
+        return PromptCache(self._llama, plan.cache_ram_bytes, disk, trimmable=trimmable)
 
     @classmethod
     def load(cls, plan: LoadPlan, info: ModelInfo) -> LlamaEngine:
@@ -174,6 +194,11 @@ class LlamaEngine:
     @property
     def last_evaluated_tokens(self) -> int:
         return self._scheduler.last_evaluated_tokens
+
+    @property
+    def cache_tiers(self) -> tuple[TierStats, ...]:
+        """The prompt cache's tiers behind the KV cache: what each holds, and its hits."""
+        return self._cache.tiers if self._cache is not None else ()
 
     @property
     def special_text(self) -> SpecialText:

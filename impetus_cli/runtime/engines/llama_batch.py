@@ -142,6 +142,7 @@ class Scheduler(Worker[Request]):
                 continue
             if not r.prompt_done:
                 r.prompt_done = now
+                self.slots.prompt_evaluated(len(r.tokens) - r.cached, now - r.start)
                 if r.limit <= 0:
                     self._finish(r, "length")
                     continue

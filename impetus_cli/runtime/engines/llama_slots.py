@@ -8,17 +8,19 @@ even a busy one, holds a longer prefix of the prompt (the system prompt two agen
 share), its cells are copied (``llama_memory_seq_cp``: in the unified KV cache the copy shares
 the cells, nothing is evaluated), except on models with a sliding window (see ``can_copy``),
 which keep snapshots of shared prefixes instead, and park idle sequences out of the KV cache
-before a long prompt (llama_snapshots.py). Entries of the disk cache (llama_cache.py) compete
-with all of these by the length of the prefix they hold.
+before a long prompt (llama_snapshots.py). A conversation that loses its place in the KV cache
+goes to the prompt cache (llama_cache.py: RAM, then disk), whose entries compete with all of
+these by the length of the prefix they serve.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from impetus_cli.runtime.engines.common import common_prefix
-from impetus_cli.runtime.engines.llama_cache import DiskCache
+from impetus_cli.runtime.engines.llama_cache import MIN_SAVE, PromptCache
 from impetus_cli.runtime.engines.llama_native import LlamaContext
 from impetus_cli.runtime.engines.llama_snapshots import Snapshots
 
@@ -49,19 +51,19 @@ class Placement:
 
 
 class Slots:
-    """The context's slots, with the snapshots and the disk cache that feed them. Used by the
+    """The context's slots, with the snapshots and the prompt cache that feed them. Used by the
     scheduler's thread only (and by the engine once that thread has stopped)."""
 
     def __init__(
         self,
         llama: LlamaContext,
         n_slots: int,
-        disk: DiskCache | None = None,
+        cache: PromptCache | None = None,
         snapshot_bytes: int = 0,
     ):
         self.llama = llama
         self.all = [Slot(i) for i in range(n_slots)]
-        self.disk = disk
+        self.cache = cache
         # Copies share cells, and llama.cpp reuses a sliding-window cell past its window only
         # when one sequence holds it: copied prefixes would fill the small window cache until
         # decoding fails ("failed to find a memory slot"). So models with a window never copy.
@@ -83,6 +85,12 @@ class Slots:
     def release(self, slot: Slot) -> None:
         """The request on the slot ended; what it cached stays for the next one."""
         slot.busy = False
+
+    def prompt_evaluated(self, tokens: int, seconds: float) -> None:
+        """A prompt's evaluation took ``seconds`` for ``tokens``: the prompt cache weighs
+        reading the disk against it."""
+        if self.cache is not None:
+            self.cache.prefilled(tokens, seconds)
 
     def place(self, slot: Slot, tokens: list[int], n_batch: int) -> Placement:
         """Reuse the longest prefix of ``tokens`` the slot can get, plan the prompt's snapshot
@@ -110,11 +118,11 @@ class Slots:
             self.snapshots.drop_parked(slot.seq_id)
 
     def save(self) -> None:
-        """Write the slots to the disk cache (parked sequences are put back first); only once
-        the scheduler has stopped. OSError when the disk refuses."""
-        if self.disk is not None:
+        """Write the slots and the RAM tier to the prompt cache's disk tier (parked sequences
+        are put back first), and wait for the writes; only once the scheduler has stopped."""
+        if self.cache is not None and self.cache.disk is not None:
             self.unpark_all()
-            self.disk.save(self.llama, self.all)
+            self.cache.save(self.all)
 
     def unpark_all(self) -> None:
         """Every parked sequence back into the KV cache."""
@@ -125,9 +133,14 @@ class Slots:
     # -- parking (sliding-window models) ---------------------------------------------------------
 
     def _unpark(self, slot: Slot, tokens: list[int]) -> None:
-        """Put the slot's parked sequence back if the prompt can reuse any of it."""
+        """Put the slot's parked sequence back if the prompt can reuse any of it; else its
+        state, copied out already, goes to the prompt cache."""
         assert self.snapshots is not None
         if self._usable(slot, common_prefix(slot.tokens, tokens)) == 0:
+            parked = self.snapshots.parked.get(slot.seq_id)
+            if self.cache is not None and parked is not None:
+                checkpoint = self._checkpoint_of(slot)
+                self.cache.keep_state(list(slot.tokens), parked.data, parked.pos_min, checkpoint)
             self.snapshots.drop_parked(slot.seq_id)
             slot.tokens.clear()
         else:
@@ -176,56 +189,74 @@ class Slots:
         return n
 
     def _reuse(self, slot: Slot, tokens: list[int]) -> tuple[int, bool]:
-        """_reuse_prefix's choice: the tokens reused, and whether they are the slot's own."""
-        lib, mem = self.llama.lib, self.llama.mem
+        """_reuse_prefix's choice: the tokens reused, and whether they are the slot's own.
+        The longest source wins by MIN_COPY tokens over a nearer one: the slot's own prefix,
+        another slot's (copied), a snapshot, then the prompt cache's RAM and disk tiers. What
+        the slot loses goes to the prompt cache first."""
         limit = len(tokens) - 1
-        own = min(common_prefix(slot.tokens, tokens), limit)
-        if not self._window_kept(slot, own):
-            own = self.snapshots.restore_checkpoint(slot.seq_id, own) if self.snapshots else 0
-        donor, best = None, own
+        own = self._usable(slot, min(common_prefix(slot.tokens, tokens), limit))
+        best = own
+        source: tuple[str, Any] | None = None  # None: the slot's own prefix
         for other in self.all if self.can_copy else ():
-            if other is not slot:
-                n = min(common_prefix(other.tokens, tokens), limit)
-                if n >= best + MIN_COPY and self._window_kept(other, n):
-                    donor, best = other, n
+            n = min(common_prefix(other.tokens, tokens), limit)
+            if other is not slot and n >= best + MIN_COPY and self._window_kept(other, n):
+                best, source = n, ("copy", other)
         snap, n_snap = self.snapshots.best(tokens, limit) if self.snapshots else (None, 0)
-        if self.disk is not None and self._restore(slot, tokens, limit, max(best, n_snap)):
-            return min(len(slot.tokens), limit), False
-        if snap is not None and n_snap >= best + MIN_COPY and self.snapshots is not None:
-            if self.snapshots.load(slot.seq_id, snap):
-                lib.llama_memory_seq_rm(mem, slot.seq_id, n_snap, -1)
-                slot.tokens = snap.tokens[:n_snap]
-                return n_snap, False
-            slot.tokens, own = [], 0  # the load emptied the sequence
-        if donor is not None:
-            lib.llama_memory_seq_rm(mem, slot.seq_id, -1, -1)
-            lib.llama_memory_seq_cp(mem, donor.seq_id, slot.seq_id, 0, best)
-            slot.tokens = donor.tokens[:best]
-            return best, False
-        if own and lib.llama_memory_seq_rm(mem, slot.seq_id, own, -1):
-            del slot.tokens[own:]
-            return own, True
-        lib.llama_memory_seq_rm(mem, slot.seq_id, -1, -1)
-        slot.tokens.clear()
-        return 0, False
+        if snap is not None and n_snap >= best + MIN_COPY:
+            best, source = n_snap, ("snapshot", snap)
+        entry, n_entry = self.cache.best(tokens, limit) if self.cache else (None, 0)
+        if entry is not None and n_entry >= best + MIN_COPY:
+            best, source = n_entry, ("cache", entry)
+        self._leave(slot, own if source is None else 0)
+        if source is not None:
+            return (best if self._take_from(slot, source, best) else 0), False
+        return self._keep_own(slot, tokens, own), True
 
-    def _restore(self, slot: Slot, tokens: list[int], limit: int, best: int) -> bool:
-        """Load the disk entry sharing the longest prefix into ``slot`` when it beats ``best``
-        by MIN_COPY tokens, and trim it to that prefix."""
-        assert self.disk is not None
+    def _take_from(self, slot: Slot, source: tuple[str, Any], n: int) -> bool:
+        """Fill the slot with the first ``n`` tokens of another slot, a snapshot or a prompt
+        cache entry; False (the slot emptied) when llama.cpp refuses."""
         lib, mem = self.llama.lib, self.llama.mem
-        entry, n = self.disk.best(tokens, limit)
-        if entry is None or n < best + MIN_COPY:
-            return False
+        kind, item = source
         lib.llama_memory_seq_rm(mem, slot.seq_id, -1, -1)
         slot.tokens = []
-        restored = self.disk.load(self.llama, slot.seq_id, entry)
-        if restored is None:
-            lib.llama_memory_seq_rm(mem, slot.seq_id, -1, -1)
-            return False
-        lib.llama_memory_seq_rm(mem, slot.seq_id, n, -1)
-        slot.tokens = restored[:n]
+        if kind == "copy":
+            lib.llama_memory_seq_cp(mem, item.seq_id, slot.seq_id, 0, n)
+        elif kind == "snapshot":
+            assert self.snapshots is not None
+            if not self.snapshots.load(slot.seq_id, item):
+                return False
+            lib.llama_memory_seq_rm(mem, slot.seq_id, n, -1)
+        else:
+            assert self.cache is not None
+            if self.cache.restore(slot.seq_id, item, n) != n:
+                return False
+        slot.tokens = list(item.tokens[:n])
         return True
+
+    def _keep_own(self, slot: Slot, tokens: list[int], own: int) -> int:
+        """Trim the slot to its own usable prefix (putting its window checkpoint back when the
+        window before that prefix is gone); 0 and emptied when nothing of it serves."""
+        lib, mem = self.llama.lib, self.llama.mem
+        if own and not self._window_kept(slot, own):
+            raw = min(common_prefix(slot.tokens, tokens), len(tokens) - 1)
+            own = self.snapshots.restore_checkpoint(slot.seq_id, raw) if self.snapshots else 0
+        if own and lib.llama_memory_seq_rm(mem, slot.seq_id, own, -1):
+            del slot.tokens[own:]
+            return own
+        lib.llama_memory_seq_rm(mem, slot.seq_id, -1, -1)
+        slot.tokens.clear()
+        return 0
+
+    def _leave(self, slot: Slot, keep: int) -> None:
+        """The slot keeps only its first ``keep`` tokens: when it loses MIN_SAVE or more, its
+        sequence (and window checkpoint) is copied to the prompt cache first."""
+        if self.cache is None or len(slot.tokens) - keep < MIN_SAVE:
+            return
+        self.cache.keep(slot.seq_id, list(slot.tokens), self._checkpoint_of(slot))
+
+    def _checkpoint_of(self, slot: Slot) -> tuple[int, Any] | None:
+        cp = self.snapshots.checkpoints.get(slot.seq_id) if self.snapshots else None
+        return (cp.n_tokens, cp.data) if cp is not None else None
 
     def _usable(self, slot: Slot, keep: int) -> int:
         """How many of the slot's first ``keep`` tokens can be reused: all if the window
