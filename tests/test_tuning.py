@@ -115,7 +115,8 @@ def test_gguf_models_with_a_window_plan_room_for_snapshots_and_checkpoints(
     one = plan(info, linux(), Settings(ctx=8192, parallel=1))
     window = 2 * info.n_kv_heads * info.head_dim * 2 * info.swa_layers * (512 + 512)
     assert p.snapshot_bytes == one.kv_bytes + 4 * window  # a snapshot, a checkpoint per slot
-    assert p.total_bytes == p.weights_bytes + p.kv_bytes + p.compute_bytes + p.snapshot_bytes
+    held = p.weights_bytes + p.kv_bytes + p.compute_bytes + p.snapshot_bytes
+    assert p.total_bytes == held + p.cache_ram_bytes
     assert any("prefix snapshots" in note for note in p.notes)
     assert plan(replace(info, format="mlx"), linux()).snapshot_bytes == 0  # mlx-lm copies caches
     assert plan(QWEN_7B, linux()).snapshot_bytes == 0  # no window: prefixes are shared in place
@@ -132,12 +133,28 @@ def test_the_estimate_grows_with_context_and_sequences() -> None:
     assert estimate_bytes(QWEN_7B, 4096, kv_type="q8_0") < small
 
 
-def test_the_prompt_cache_directory_is_planned_only_when_asked(tmp_path: Path) -> None:
+def test_the_prompt_cache_disk_tier_is_on_unless_switched_off(tmp_path: Path) -> None:
     from impetus_cli.runtime.config import load_settings
 
-    assert plan(QWEN_7B, linux(), Settings(home=tmp_path)).prompt_cache_dir is None
-    settings = load_settings({}, env={"IMPETUS_HOME": str(tmp_path), "IMPETUS_PROMPT_CACHE": "1"})
-    assert plan(QWEN_7B, linux(), settings).prompt_cache_dir == tmp_path / "prompt-cache"
+    on = plan(QWEN_7B, linux(), Settings(home=tmp_path))
+    assert on.prompt_cache_dir == tmp_path / "prompt-cache" and on.cache_disk_bytes > 0
+    env = {"IMPETUS_HOME": str(tmp_path), "IMPETUS_PROMPT_CACHE": "0"}
+    off = plan(QWEN_7B, linux(), load_settings({}, env=env))
+    assert off.prompt_cache_dir is None and off.cache_disk_bytes == 0
+    sized = load_settings({"cache_disk": "5GB", "cache_ram": "1GiB"}, env=env)
+    assert (sized.cache_disk, sized.cache_ram) == (5_000_000_000, 2**30)
+
+
+def test_the_prompt_cache_ram_tier_is_counted_and_fits_what_the_model_leaves() -> None:
+    budget = 40 * GB
+    p = plan(QWEN_7B, linux(), budget=budget)
+    assert p.cache_ram_bytes == budget // 8 and p.total_bytes <= budget
+    assert plan(QWEN_7B, linux(), Settings(cache_ram=0), budget=budget).cache_ram_bytes == 0
+    asked = plan(QWEN_7B, linux(), Settings(cache_ram=2 * GB), budget=budget)
+    assert asked.cache_ram_bytes == 2 * GB
+    greedy = plan(QWEN_7B, linux(), Settings(cache_ram=100 * GB), budget=budget)
+    assert greedy.total_bytes <= budget and greedy.cache_ram_bytes > 0
+    assert any("asked more" in note for note in greedy.notes)
 
 
 # Qwen3-Next-80B-A3B's shape (see the catalog): 12 of 48 layers attend, 36 keep a delta-rule state.

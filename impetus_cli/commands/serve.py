@@ -75,8 +75,20 @@ def serve(
         bool | None,
         typer.Option(
             "--prompt-cache/--no-prompt-cache",
-            help="Save cached prompts to disk at unload, reuse them after a restart (GGUF).",
+            help="Keep conversations on disk too (~/.impetus/prompt-cache), so they survive "
+            "restarts and model swaps (on).",
         ),
+    ] = None,
+    cache_ram: Annotated[
+        str | None,
+        typer.Option(
+            help="Host RAM for conversations that leave the KV cache, e.g. 4GB (default: an "
+            "eighth of the memory budget, at most 8 GB; 0: none).",
+        ),
+    ] = None,
+    cache_disk: Annotated[
+        str | None,
+        typer.Option(help="Disk for the prompt cache across models, e.g. 20GB (the default)."),
     ] = None,
     rpc: Annotated[
         str | None,
@@ -111,6 +123,8 @@ def serve(
             "max_tokens": max_tokens,
             "loop_guard": loop_guard,
             "prompt_cache": prompt_cache,
+            "cache_ram": cache_ram,
+            "cache_disk": cache_disk,
             "rpc": rpc,
             "remote": remote or None,
         }

@@ -46,7 +46,13 @@ class Settings:
     min_ctx: int = 32768  # the context the planner aims for (agents send 13-18k tokens)
     kv_type: str = "f16"
     flash_attn: bool | None = None  # None: automatic
-    prompt_cache: bool = False  # save GGUF models' cached prompts to disk at unload
+    # The prompt cache behind the KV cache (engines/prompt_tiers.py). ``prompt_cache`` switches
+    # its disk tier (IMPETUS_HOME/prompt-cache, ``cache_disk`` bytes across models): on, so a
+    # conversation survives a restart. ``cache_ram``: host RAM for conversations that leave
+    # the KV cache, counted by the planner; None: an eighth of the memory budget, at most 8 GB.
+    prompt_cache: bool = True
+    cache_ram: int | None = None
+    cache_disk: int = 20_000_000_000
     ollama_models: Path = field(default_factory=lambda: Path("~/.ollama/models").expanduser())
     lmstudio_models: Path = field(default_factory=lambda: Path("~/.lmstudio/models").expanduser())
     discover: bool = True  # list other tools' models too
@@ -108,7 +114,7 @@ def _coerce(name: str, raw: Any, fields: dict[str, dataclasses.Field[Any]]) -> A
     try:
         if raw is None:
             return None
-        if name == "memory_budget":
+        if name in ("memory_budget", "cache_ram", "cache_disk"):
             return parse_size(raw)
         if name == "remote":
             return parse_remotes(raw)

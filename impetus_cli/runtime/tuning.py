@@ -5,7 +5,8 @@ mixture of experts' idle experts too) + the KV cache for its context (2 * layers
 head_dim * bytes per element, per token, per parallel sequence; layers with a sliding window
 hold only the window; recurrent layers of hybrid models hold a fixed state instead) + compute
 buffers (+ on GGUF models with a sliding window or recurrent layers, room for prefix snapshots,
-checkpoints and parked conversations). The context is
+checkpoints and parked conversations) (+ host RAM for the prompt cache, from what the model
+leaves of the budget). The context is
 the trained maximum capped by what fits the budget, aiming at 32k tokens because coding agents
 send 13-18k on their first request.
 """
@@ -17,6 +18,7 @@ from impetus_cli.runtime.config import Settings
 from impetus_cli.runtime.types import HardwareProfile, LoadPlan, LocalModel, ModelInfo
 
 MB = 1_000_000
+GB = 1_000_000_000
 MIN_CTX = 2048
 # Bytes per K or V element for each cache type (q8_0 / q4_0 carry a scale per 32 values).
 KV_ELEMENT_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
@@ -165,6 +167,9 @@ def plan_load(
             f"{snapshots / 1e9:.2f} GB for prefix snapshots, checkpoints and parked "
             f"conversations: {why} keeps prefixes from being shared or rolled back in place"
         )
+    held = info.file_bytes + kv_bytes(info, ctx, kv_type, n_parallel, n_ubatch) + snapshots
+    held += compute_bytes(info, ctx, n_ubatch, flash_attn, n_parallel)
+    cache_ram = _cache_ram(settings, budget_bytes, held, notes)
     if info.recurrent_layers:
         notes.append(
             f"{info.recurrent_layers} of {info.n_layers} layers keep a recurrent state "
@@ -189,7 +194,22 @@ def plan_load(
         state_bytes=state_bytes(info, n_parallel),
         notes=tuple(notes),
         prompt_cache_dir=settings.prompt_cache_dir if settings.prompt_cache else None,
+        cache_ram_bytes=cache_ram,
+        cache_disk_bytes=settings.cache_disk if settings.prompt_cache else 0,
     )
+
+
+def _cache_ram(settings: Settings, budget: int, held: int, notes: list[str]) -> int:
+    """Host RAM for conversations that leave the KV cache (the prompt cache's RAM tier): what
+    was asked, else an eighth of the budget up to 8 GB; never more than the model leaves."""
+    room = max(0, budget - held)
+    wanted = settings.cache_ram if settings.cache_ram is not None else min(8 * GB, budget // 8)
+    ram = min(wanted, room)
+    if ram:
+        notes.append(f"{ram / 1e9:.2f} GB of host RAM keeps conversations that leave the KV cache")
+    if ram < wanted and settings.cache_ram is not None:
+        notes.append(f"prompt cache RAM {ram / 1e9:.2f} GB: asked more, the budget leaves this")
+    return ram
 
 
 def _split_across_workers(

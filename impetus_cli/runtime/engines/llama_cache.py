@@ -26,7 +26,6 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,13 +138,10 @@ class PromptCache:
         """A prompt's evaluation speed, for the disk-or-evaluate choice."""
         self.crossover.prefilled(tokens, seconds)
 
-    def save(self, slots: Sequence[Any]) -> None:
-        """At unload: the slots' sequences and the RAM tier to disk, and wait for the writes."""
+    def save(self) -> None:
+        """At unload (the slots kept first): the RAM tier to disk, and wait for the writes."""
         if self.disk is None:
             return
-        for slot in slots:
-            if len(slot.tokens) >= MIN_SAVE:
-                self.keep(slot.seq_id, list(slot.tokens), None)
         with self.ram.lock:
             entries = list(self.ram.entries)
         for entry in sorted(entries, key=lambda e: -e.used):

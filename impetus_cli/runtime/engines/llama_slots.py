@@ -122,7 +122,9 @@ class Slots:
         are put back first), and wait for the writes; only once the scheduler has stopped."""
         if self.cache is not None and self.cache.disk is not None:
             self.unpark_all()
-            self.cache.save(self.all)
+            for slot in self.all:
+                self.cache.keep(slot.seq_id, list(slot.tokens), self._checkpoint_of(slot))
+            self.cache.save()
 
     def unpark_all(self) -> None:
         """Every parked sequence back into the KV cache."""
