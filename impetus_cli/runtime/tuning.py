@@ -201,8 +201,11 @@ def plan_load(
 
 def _cache_ram(settings: Settings, budget: int, held: int, notes: list[str]) -> int:
     """Host RAM for conversations that leave the KV cache (the prompt cache's RAM tier): what
-    was asked, else an eighth of the budget up to 8 GB; never more than the model leaves."""
-    room = max(0, budget - held)
+    was asked, within what the model leaves of the budget; else an eighth of the budget up to
+    8 GB, within what the model leaves of half the budget (so that another model as large
+    still fits beside it, as the choice of parallel sequences does)."""
+    asked = settings.cache_ram is not None
+    room = max(0, (budget if asked else budget // 2) - held)
     wanted = settings.cache_ram if settings.cache_ram is not None else min(8 * GB, budget // 8)
     ram = min(wanted, room)
     if ram:
