@@ -130,6 +130,10 @@ def throughput_text(status: ServerStatus) -> Text:
             text.append(f"  {model.loop_stops} replies stopped: loops", style="yellow")
         if model.failure:
             text.append(f"  engine failure: {model.failure}", style="bold red")
+        if model.placement:  # layers split across `impetus worker`s
+            from impetus_cli.runtime.rpc import describe_parts
+
+            text.append(f"\n  split: {describe_parts(model.placement)}", style="dim")
     return text
 
 
