@@ -49,7 +49,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import peers  # server processes, prompts, measurements
+from benchmarks import peers, tiers_rows  # server processes and measurements; --tiers rows
 
 ORDER = ("impetus", "llama-server", "llama-cpp-python")
 TARGETS = {  # measure -> (impetus / llama-server target, higher is better?)
@@ -63,6 +63,7 @@ TARGETS = {  # measure -> (impetus / llama-server target, higher is better?)
     "parallel_tps": (">= 0.9x", True),
     "parallel_worst_ttft_s": ("-", False),
     "rss_mb": ("-", False),
+    **tiers_rows.TARGETS,
 }
 LABELS = {
     "decode_tps": "decode (tok/s)",
@@ -75,6 +76,7 @@ LABELS = {
     "parallel_tps": "4 streams, aggregate (tok/s)",
     "parallel_worst_ttft_s": "4 streams, worst TTFT (s)",
     "rss_mb": "RSS with the model loaded (MB)",
+    **tiers_rows.LABELS,
 }
 
 
@@ -129,7 +131,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             argv = peers.command(name, args, model, binary)
             log = logs / f"{name}-{rep}.log"
             measure = partial(peers.measure_server, name, argv, args, rep, log)
-            result = quiet.run(f"{name} rep {rep + 1}", measure)
+            result = {} if args.only_tiers else quiet.run(f"{name} rep {rep + 1}", measure)
+            if args.tiers and name != "llama-cpp-python":
+                argv = tiers_rows.command(name, args, model, binary)
+                tiers = partial(tiers_rows.measure_tiers, name, argv, args, log)
+                result |= quiet.run(f"{name} rep {rep + 1} tiers", tiers)
             samples[name].append(result)
             print("   " + ", ".join(f"{k} {v:.3g}" for k, v in result.items()), flush=True)
     report = summarize(samples, idle, args, model, servers, binary)
@@ -176,6 +182,8 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--parallel", type=int, help="impetus serve --parallel (default: its own)")
     parser.add_argument("--skip", action="append", default=[], choices=ORDER)
+    parser.add_argument("--tiers", action="store_true", help="add the prompt-cache rows")
+    parser.add_argument("--only-tiers", action="store_true", help="the prompt-cache rows only")
     parser.add_argument(
         "--max-wait",
         type=float,
@@ -195,6 +203,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--from-json", type=Path, help="render a saved --out file, no measuring")
     args = parser.parse_args()
     args.chars_per_token = 0.0  # measured on the first server that reports usage
+    args.tiers = args.tiers or args.only_tiers
     if args.quick:
         args.reps, args.first_tokens, args.decode_tokens, args.max_wait = 1, 600, 32, 0.0
         args.deep_tokens, args.sessions = 0, 0
@@ -284,6 +293,7 @@ def markdown(report: dict[str, Any]) -> str:
         "follow_new": round(res_mean(res, "follow_new_tokens")),
         "deep_tokens": round(res_mean(res, "deep_prompt_tokens")),
         "session_tokens": round(res_mean(res, "session_prompt_tokens")),
+        "streams": report["settings"]["streams"],
     }
     lines = [
         "| measure | impetus | llama-server | llama-cpp-python | impetus / llama-server "
@@ -293,8 +303,8 @@ def markdown(report: dict[str, Any]) -> str:
     for key, label in LABELS.items():
         if key == "deep_ttft_s" and not fmt["deep_tokens"]:
             continue  # not asked for (--deep-tokens)
-        if key.startswith("session") and not fmt["session_tokens"]:
-            continue  # not measured (--sessions 0, or a saved run from before they were)
+        if not any(key in r for r in res.values()):
+            continue  # not measured in this run (--sessions 0, --only-tiers, no --tiers)
         digits = 2 if key.endswith("_s") else 1
         lines.append(
             f"| {label.format(**fmt)} | {cell(imp.get(key), digits)} "
