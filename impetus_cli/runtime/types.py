@@ -170,11 +170,17 @@ class LoadPlan:
     # prompt_cache_dir (0: no disk tier).
     cache_ram_bytes: int = 0
     cache_disk_bytes: int = 0
+    # Speculative decoding (engines/speculative.py): "off", "ngram" (drafts looked up in the
+    # prompt and reply), or "draft" (a small model of the same vocabulary drafts: ``draft``,
+    # whose weights, KV cache and buffers are ``draft_bytes``, counted in total_bytes).
+    speculative: str = "off"
+    draft: LocalModel | None = None
+    draft_bytes: int = 0
 
     @property
     def total_bytes(self) -> int:
         held = self.weights_bytes + self.kv_bytes + self.compute_bytes + self.snapshot_bytes
-        return held + self.cache_ram_bytes
+        return held + self.cache_ram_bytes + self.draft_bytes
 
 
 @dataclass(frozen=True)
@@ -339,6 +345,10 @@ class GenerationChunk:
     # On the final chunk: "loop" when the server's runaway guard ended the reply (which then
     # finishes as "length"); None when the model or a limit ended it.
     stopped_by: str | None = None
+    # On the final chunk, with speculative decoding: tokens guessed ahead (drafted) and how many
+    # of them the model's own sampling confirmed (accepted; each saved a decode step).
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from impetus_cli.errors import CorruptModel, EngineError, ImpetusError
 from impetus_cli.runtime.engines.common import Health
 from impetus_cli.runtime.engines.llama_batch import Request, Scheduler
 from impetus_cli.runtime.engines.llama_cache import Identity, PromptCache
+from impetus_cli.runtime.engines.llama_draft import make_drafter
 from impetus_cli.runtime.engines.llama_native import (
     RECENT_ERRORS,
     LlamaContext,
@@ -83,7 +84,8 @@ class LlamaEngine:
         self._cache = self._prompt_cache(plan, info)
         self._slots = Slots(self._llama, self._n_slots, self._cache, plan.snapshot_bytes)
         n_batch = max(1, min(plan.n_batch, lib.llama_n_batch(ctx)))
-        self._scheduler = Scheduler(self._llama, self._slots, n_batch, self._health)
+        drafter = make_drafter(plan, info, lib, self._llama.vocab)  # speculative decoding
+        self._scheduler = Scheduler(self._llama, self._slots, n_batch, self._health, drafter)
 
     def _prompt_cache(self, plan: LoadPlan, info: ModelInfo) -> PromptCache | None:
         """The RAM and disk tiers behind the KV cache (llama_cache.py), as the plan sizes them."""
