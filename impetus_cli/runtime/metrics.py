@@ -10,7 +10,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -260,3 +260,28 @@ class Metrics:
             out += [f"# HELP impetus_{name} {text}", f"# TYPE impetus_{name} gauge"]
             out += [f"impetus_{name}{{{labels}}} {value}" for labels, value in samples]
         return "\n".join(out) + "\n"
+
+
+def tier_gauges(
+    tiers: dict[str, Sequence[Any]],
+) -> dict[str, tuple[str, list[tuple[str, float]]]]:
+    """/metrics gauges of the prompt cache behind each model's KV cache (model -> its tiers'
+    ``TierStats``: engines/prompt_tiers.py), labelled by model and tier ("ram", "disk")."""
+
+    def samples(attr: str) -> list[tuple[str, float]]:
+        return [
+            (f'model="{model}",tier="{t.tier}"', float(getattr(t, attr)))
+            for model, stats in sorted(tiers.items())
+            for t in stats
+        ]
+
+    return {
+        "prompt_cache_bytes": ("Bytes the prompt cache holds, per tier.", samples("bytes")),
+        "prompt_cache_budget_bytes": ("The prompt cache's bound, per tier.", samples("budget")),
+        "prompt_cache_entries": ("Conversations the prompt cache holds.", samples("entries")),
+        "prompt_cache_hits": ("Prompts restored from the tier since load.", samples("hits")),
+        "prompt_cache_hit_tokens": (
+            "Prompt tokens restored from the tier, not evaluated, since load.",
+            samples("tokens"),
+        ),
+    }

@@ -42,6 +42,9 @@ class ModelStatus:
     # A model split across llama.cpp RPC workers: where each part lives, workers first (the
     # fields of runtime.types.Placement: where, first, last, weights_bytes, kv_bytes, ...)
     placement: tuple[dict[str, Any], ...] = ()
+    # The prompt cache behind the KV cache, one dict per tier (engines/prompt_tiers.TierStats:
+    # tier "ram" or "disk", entries, bytes, budget, hits, tokens restored since load)
+    cache_tiers: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ def model_status(manager: Source, e: Loaded, now: float) -> ModelStatus:
         loop_stops=snap["loop_stops"],
         failure=e.engine.failure,
         placement=tuple(dataclasses.asdict(part) for part in e.plan.placement),
+        cache_tiers=tuple(dataclasses.asdict(t) for t in getattr(e.engine, "cache_tiers", ())),
     )
 
 

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from impetus_cli import __version__
 from impetus_cli.errors import Overloaded
+from impetus_cli.runtime.metrics import tier_gauges
 from impetus_cli.server.http import blocking, client_gone, json_response, read_json
 from impetus_cli.server.keys import MANAGER, STARTED, STOPPING, SUBSCRIBERS
 from impetus_cli.server.protocols.fields import flag, keep_alive, model_id, obj
@@ -54,6 +55,7 @@ async def metrics(request: web.Request) -> web.Response:
             [("", float(request.app[SUBSCRIBERS][0]))],
         ),
     }
+    gauges |= tier_gauges({e.model.name: getattr(e.engine, "cache_tiers", ()) for e in entries})
     return web.Response(
         text=manager.metrics.prometheus(gauges),
         content_type="text/plain",
