@@ -110,7 +110,8 @@ def test_bench_cli_saves_runs_and_shows_history(tiny_gguf: Path, impetus_home: P
         "impetus_version",
     ):
         assert key in run
-    assert [r["test"] for r in run["results"]] == ["pp32", "tg8"]
+    tests = ["pp32", "tg8", "edit256 off", "edit256 ngram"]  # the edit test, both ways
+    assert [r["test"] for r in run["results"]] == tests
     saved = list((impetus_home / "bench").glob("*.json"))
     assert (
         len(saved) == 1

@@ -116,7 +116,7 @@ def test_gguf_models_with_a_window_plan_room_for_snapshots_and_checkpoints(
     window = 2 * info.n_kv_heads * info.head_dim * 2 * info.swa_layers * (512 + 512)
     assert p.snapshot_bytes == one.kv_bytes + 4 * window  # a snapshot, a checkpoint per slot
     held = p.weights_bytes + p.kv_bytes + p.compute_bytes + p.snapshot_bytes
-    assert p.total_bytes == held + p.cache_ram_bytes
+    assert p.total_bytes == held + p.cache_ram_bytes + p.draft_bytes
     assert any("prefix snapshots" in note for note in p.notes)
     assert plan(replace(info, format="mlx"), linux()).snapshot_bytes == 0  # mlx-lm copies caches
     assert plan(QWEN_7B, linux()).snapshot_bytes == 0  # no window: prefixes are shared in place

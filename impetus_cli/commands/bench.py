@@ -38,6 +38,15 @@ def bench(
     n_gen: Annotated[int, typer.Option("-n", "--n-gen", help="Generated tokens (tg test).")] = 128,
     reps: Annotated[int, typer.Option("-r", "--reps", min=1, help="Repetitions.")] = 5,
     depth: Annotated[int, typer.Option("--depth", min=0, help="Context depth for both tests.")] = 0,
+    edit: Annotated[
+        int,
+        typer.Option(
+            "--edit",
+            min=0,
+            help="Tokens of the edit test: a reply that copies its prompt, with and without "
+            "speculative decoding, and the share of drafts accepted (0: skip it).",
+        ),
+    ] = 256,
     threads: Annotated[int | None, typer.Option("--threads", "-t")] = None,
     as_json: JsonOpt = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV.")] = False,
@@ -72,13 +81,20 @@ def bench(
         )
     else:
         runs = _bench_local(
-            settings, model or settings.default_model, backend, n_prompt, n_gen, reps, depth
+            settings, model or settings.default_model, backend, n_prompt, n_gen, reps, depth, edit
         )
         _render_runs(runs, as_json, as_csv)
 
 
 def _bench_local(
-    settings: Settings, model: str, backend: str, n_prompt: int, n_gen: int, reps: int, depth: int
+    settings: Settings,
+    model: str,
+    backend: str,
+    n_prompt: int,
+    n_gen: int,
+    reps: int,
+    depth: int,
+    edit: int,
 ) -> list[BenchRun]:
     from rich.progress import Progress
 
@@ -100,6 +116,7 @@ def _bench_local(
             depth,
             step,
             lambda text: err_console().print(f"[yellow]{text}[/]"),
+            edit=edit,
         )
 
 
@@ -124,10 +141,11 @@ def _render_runs(runs: list[BenchRun], as_json: bool, as_csv: bool) -> None:
     for run in runs:
         for r in run.results:
             exp = run.expected.get(r.test)
+            accepted = f" ({r.acceptance:.0%} of drafts accepted)" if r.acceptance else ""
             table.add_row(
                 run.model,
                 run.backend,
-                r.test,
+                r.test + accepted,
                 f"{r.mean:.1f} ± {r.stddev:.1f}",
                 f"{exp:.1f}" if exp else "-",
                 str(run.threads),

@@ -90,6 +90,18 @@ def serve(
         str | None,
         typer.Option(help="Disk for the prompt cache across models, e.g. 20GB (the default)."),
     ] = None,
+    speculative: Annotated[
+        str | None,
+        typer.Option(
+            help="Speculative decoding: off, ngram (guess from the prompt and reply: edits "
+            "repeat their input), draft (each model's small sibling, when pulled) or a MODEL "
+            "that drafts (default ngram).",
+        ),
+    ] = None,
+    draft: Annotated[
+        str | None,
+        typer.Option(help="A small model of the same vocabulary that drafts (GGUF)."),
+    ] = None,
     rpc: Annotated[
         str | None,
         typer.Option(
@@ -125,6 +137,8 @@ def serve(
             "prompt_cache": prompt_cache,
             "cache_ram": cache_ram,
             "cache_disk": cache_disk,
+            "speculative": speculative,
+            "draft": draft,
             "rpc": rpc,
             "remote": remote or None,
         }

@@ -28,6 +28,9 @@ class BenchResult:
     n_gen: int
     depth: int
     samples: tuple[float, ...]  # tokens/s of each repetition
+    # Speculative decoding (edit tests): the mode, and the share of drafted tokens accepted.
+    speculative: str = ""
+    acceptance: float | None = None
 
     @property
     def mean(self) -> float:
@@ -69,7 +72,15 @@ class BenchRun:
     @staticmethod
     def from_dict(data: dict[str, Any]) -> BenchRun:
         results = tuple(
-            BenchResult(r["test"], r["n_prompt"], r["n_gen"], r["depth"], tuple(r["samples"]))
+            BenchResult(
+                r["test"],
+                r["n_prompt"],
+                r["n_gen"],
+                r["depth"],
+                tuple(r["samples"]),
+                r.get("speculative", ""),
+                r.get("acceptance"),
+            )
             for r in data["results"]
         )
         fields = {k: v for k, v in data.items() if k in BenchRun.__dataclass_fields__}
@@ -112,6 +123,52 @@ def measure_tg(engine: Engine, n_gen: int, depth: int, tokens: _Tokens) -> float
     sampling = SamplingParams(max_tokens=n_gen, temperature=0, ignore_eos=True)
     final = _drain(engine, prompt, sampling)
     return final.generation_tps
+
+
+def edit_prompt(chars: int = 4000) -> str:
+    """A request whose reply repeats its input, as an edit or "apply" request's does: a source
+    file (the standard library's textwrap.py, its first ``chars`` characters up to a line's
+    end) and, completion style, the start of the same file again. A base model reproduces it
+    as readily as a chat model, with no chat template."""
+    import inspect
+    import textwrap
+
+    source = inspect.getsource(textwrap)
+    code = source[: source.rfind("\n", 0, chars) + 1]
+    head = "File: textwrap.py\n```python\n"
+    return f"{head}{code}```\n\nThe same file, copied exactly:\n\n{head}"
+
+
+def measure_edit(engine: Engine, n_gen: int) -> tuple[float, float | None]:
+    """Tokens/s of a reply that copies its prompt (``edit_prompt``), greedy, and the share of
+    drafted tokens the model accepted (None: nothing was drafted)."""
+    tokens = engine.tokenize(edit_prompt())
+    sampling = SamplingParams(max_tokens=n_gen, temperature=0, ignore_eos=True)
+    final = _drain(engine, tokens, sampling)
+    drafted = final.drafted_tokens
+    return final.generation_tps, (final.accepted_tokens / drafted if drafted else None)
+
+
+def run_edit(
+    engine: Engine,
+    n_gen: int,
+    reps: int,
+    speculative: str,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> BenchResult:
+    """The edit test (``measure_edit``) as pp and tg run: a warm-up (which also caches the
+    prompt), then ``reps`` repetitions; named after the engine's speculative mode."""
+    name = f"edit{n_gen} {speculative}"
+    measure_edit(engine, n_gen)
+    samples, rates = [], []
+    for rep in range(reps):
+        if progress:
+            progress(name, rep, reps)
+        tps, rate = measure_edit(engine, n_gen)
+        samples.append(tps)
+        rates += [rate] if rate is not None else []
+    acceptance = statistics.fmean(rates) if rates else None
+    return BenchResult(name, 0, n_gen, 0, tuple(samples), speculative, acceptance)
 
 
 def run_tests(

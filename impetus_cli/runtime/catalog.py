@@ -109,6 +109,15 @@ def suggest(name: str, n: int = 3) -> list[str]:
     return close or difflib.get_close_matches(name, names(), n=n, cutoff=0.4)
 
 
+def draft_for(ref: ModelRef) -> str | None:
+    """The family's small sibling with the same vocabulary that drafts for its larger sizes
+    (speculative decoding), or None: none, or ``ref`` is that sibling."""
+    family = _data()["families"].get(ref.name) if ref.kind == "catalog" else None
+    draft = family.get("draft") if family else None
+    size = ref.size or (family or {}).get("default_size")
+    return None if not draft or draft.split(":")[-1] == size else str(draft)
+
+
 def knows(ref: ModelRef) -> bool:
     """Whether a parsed name is a catalog family (its size may still be wrong)."""
     return ref.kind == "catalog" and ref.name in _data()["families"]

@@ -53,6 +53,12 @@ class Settings:
     prompt_cache: bool = True
     cache_ram: int | None = None
     cache_disk: int = 20_000_000_000
+    # Speculative decoding (engines/speculative.py): "off", "ngram" (drafts looked up in the
+    # prompt and the reply so far: edits repeat their input), "draft" (each model's small
+    # sibling from the catalog, where it is pulled) or a model's name to draft with; ``draft``
+    # (--draft) names that model too.
+    speculative: str = "ngram"
+    draft: str | None = None
     ollama_models: Path = field(default_factory=lambda: Path("~/.ollama/models").expanduser())
     lmstudio_models: Path = field(default_factory=lambda: Path("~/.lmstudio/models").expanduser())
     discover: bool = True  # list other tools' models too

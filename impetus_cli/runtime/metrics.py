@@ -129,6 +129,8 @@ class ModelCounters:
     completion_tokens: int = 0
     cached_tokens: int = 0
     loop_stops: int = 0  # replies the runaway guard ended
+    drafted_tokens: int = 0  # speculative decoding: tokens guessed ahead
+    accepted_tokens: int = 0  # of them, those the model's sampling confirmed
     # Tokens generated per BUCKET_S-second bucket, keyed by bucket start.
     buckets: dict[int, int] = field(default_factory=dict)
 
@@ -138,6 +140,11 @@ class ModelCounters:
             self.buckets.get(start + i * BUCKET_S, 0) / BUCKET_S
             for i in range(WINDOW_S // BUCKET_S)
         ]
+
+
+def acceptance(c: ModelCounters) -> float:
+    """The share of drafted tokens the model accepted (0 when nothing was drafted)."""
+    return c.accepted_tokens / c.drafted_tokens if c.drafted_tokens else 0.0
 
 
 class Metrics:
@@ -194,6 +201,8 @@ class Metrics:
             counters.completion_tokens += f.completion_tokens
             counters.cached_tokens += f.cached_tokens
             counters.loop_stops += stopped_by == "loop"
+            counters.drafted_tokens += f.drafted_tokens
+            counters.accepted_tokens += f.accepted_tokens
             if f.completion_tokens:
                 self.ttft.observe(f.ttft_s)
                 self.tps.observe(f.generation_tps)
@@ -211,6 +220,9 @@ class Metrics:
                 "cached_tokens": c.cached_tokens,
                 "cache_hit_rate": c.cached_tokens / c.prompt_tokens if c.prompt_tokens else 0.0,
                 "loop_stops": c.loop_stops,
+                "drafted_tokens": c.drafted_tokens,
+                "accepted_tokens": c.accepted_tokens,
+                "acceptance_rate": acceptance(c),
                 "tps_recent": series[-2] if len(series) > 1 else 0.0,  # the last complete bucket
                 "series": series,
             }
@@ -237,6 +249,8 @@ class Metrics:
                     "Prompt tokens served from the KV cache.",
                 ),
                 ("loop_stops", "loop_stops", "Replies the runaway guard ended (loops)."),
+                ("draft_tokens", "drafted_tokens", "Tokens drafted (speculative decoding)."),
+                ("draft_accepted_tokens", "accepted_tokens", "Drafted tokens the model accepted."),
             ):
                 out += [
                     f"# HELP impetus_{name}_total {text}",
@@ -246,6 +260,15 @@ class Metrics:
                     f'impetus_{name}_total{{model="{m}"}} {getattr(c, attr)}'
                     for m, c in sorted(self.models.items())
                 ]
+            out += [
+                "# HELP impetus_draft_acceptance_ratio Accepted / drafted tokens (speculative).",
+                "# TYPE impetus_draft_acceptance_ratio gauge",
+            ]
+            out += [
+                f'impetus_draft_acceptance_ratio{{model="{m}"}} {acceptance(c):.4f}'
+                for m, c in sorted(self.models.items())
+                if c.drafted_tokens
+            ]
             out += [
                 "# HELP impetus_ttft_seconds Time to first token.",
                 "# TYPE impetus_ttft_seconds histogram",

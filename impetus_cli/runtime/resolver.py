@@ -116,7 +116,32 @@ class Resolver:
             known = self._plans.get(key)
         if known is None:
             settings = self.settings if ctx is None else replace(self.settings, ctx=ctx)
-            known = plan_load(model, info, self.hardware, settings, budget)
+            draft = self.draft_for(model)
+            known = plan_load(model, info, self.hardware, settings, budget, draft)
             with self._lock:
                 self._plans[key] = known
         return known
+
+    def draft_for(self, model: LocalModel) -> tuple[LocalModel, ModelInfo] | None:
+        """The model that drafts for ``model`` (speculative decoding): the one named by
+        ``--speculative MODEL`` or ``--draft MODEL``, or with ``--speculative draft`` the
+        catalog's small sibling of its family when it is in the store; None for none, or when
+        it would draft for itself. A draft model named but unknown is a ModelNotFound."""
+        from impetus_cli.runtime import catalog, names
+        from impetus_cli.runtime.engines.speculative import parse_mode
+
+        s = self.settings
+        if parse_mode(s.speculative) == "off":
+            return None
+        name = s.draft or (s.speculative if parse_mode(s.speculative) == "draft" else None)
+        if name == "draft":  # the family's sibling, only when it is here
+            try:
+                name = catalog.draft_for(names.parse_ref(model.name))
+                draft = self.store.get(name) if name else None
+            except ImpetusError:
+                draft = None
+        else:
+            draft = self.resolve(name) if name else None
+        if draft is None or draft.path == model.path:
+            return None
+        return draft, self.info(draft)

@@ -38,6 +38,9 @@ class ModelStatus:
     cache_hit_rate: float = 0.0
     tps_recent: float = 0.0
     loop_stops: int = 0  # replies the runaway guard ended
+    speculative: str = "off"  # speculative decoding: off, ngram, or draft (a draft model)
+    drafted_tokens: int = 0  # tokens drafted, and of them those the model accepted
+    accepted_tokens: int = 0
     failure: str | None = None  # the engine's last unexpected failure, if any
     # A model split across llama.cpp RPC workers: where each part lives, workers first (the
     # fields of runtime.types.Placement: where, first, last, weights_bytes, kv_bytes, ...)

@@ -13,6 +13,9 @@ send 13-18k on their first request.
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+
 from impetus_cli.errors import InsufficientMemory
 from impetus_cli.runtime.config import Settings
 from impetus_cli.runtime.types import HardwareProfile, LoadPlan, LocalModel, ModelInfo
@@ -139,8 +142,15 @@ def _parallel(info: ModelInfo, budget: int, ctx: int, settings: Settings) -> tup
 
 
 def plan_load(
-    model: LocalModel, info: ModelInfo, hw: HardwareProfile, settings: Settings, budget_bytes: int
+    model: LocalModel,
+    info: ModelInfo,
+    hw: HardwareProfile,
+    settings: Settings,
+    budget_bytes: int,
+    draft: tuple[LocalModel, ModelInfo] | None = None,
 ) -> LoadPlan:
+    """``draft``: the model that drafts for this one (speculative decoding), resolved by the
+    caller from ``settings.speculative`` / ``settings.draft``."""
     if settings.rpc and model.format == "gguf":
         return _split_across_workers(model, info, hw, settings, budget_bytes)
     notes: list[str] = []
@@ -156,7 +166,18 @@ def plan_load(
     n_batch, n_ubatch = (2048, 512) if gpu else (512, 512)
     threads, why = _threads(hw, settings)
     notes.append(why)
-    ctx = _choose_ctx(model, info, settings, budget_bytes, kv_type, n_ubatch, flash_attn, notes)
+    # Speculative decoding's logits rows come off the budget first (on a budget too tight for
+    # them the model loads without speculation).
+    reserve = _logits_bytes(info) if _speculates(settings, model, info) else 0
+    try:
+        ctx = _choose_ctx(
+            model, info, settings, budget_bytes - reserve, kv_type, n_ubatch, flash_attn, notes
+        )
+    except InsufficientMemory:
+        if not reserve:
+            raise
+        settings = dataclasses.replace(settings, speculative="off")
+        ctx = _choose_ctx(model, info, settings, budget_bytes, kv_type, n_ubatch, flash_attn, notes)
     n_parallel, why = _parallel(info, budget_bytes, ctx, settings)
     notes.append(why)
     gguf = model.format == "gguf"
@@ -169,6 +190,12 @@ def plan_load(
         )
     held = info.file_bytes + kv_bytes(info, ctx, kv_type, n_parallel, n_ubatch) + snapshots
     held += compute_bytes(info, ctx, n_ubatch, flash_attn, n_parallel)
+    spec = _speculation(settings, model, info, draft, (ctx, n_parallel, n_ubatch, flash_attn))
+    if spec.draft_bytes and held + spec.draft_bytes > budget_bytes:
+        notes.append(f"no room for the draft model {spec.draft.name if spec.draft else ''}")
+        spec = Speculation(spec.mode if spec.mode != "draft" else "ngram", None, spec.logits_bytes)
+    held += spec.draft_bytes
+    notes.extend(spec.notes)
     cache_ram = _cache_ram(settings, budget_bytes, held, notes)
     if info.recurrent_layers:
         notes.append(
@@ -196,7 +223,69 @@ def plan_load(
         prompt_cache_dir=settings.prompt_cache_dir if settings.prompt_cache else None,
         cache_ram_bytes=cache_ram,
         cache_disk_bytes=settings.cache_disk if settings.prompt_cache else 0,
+        speculative=spec.mode,
+        draft=spec.draft,
+        draft_bytes=spec.draft_bytes,
     )
+
+
+@dataclass(frozen=True)
+class Speculation:
+    """What speculative decoding takes: its mode, the draft model, and the bytes it holds: the
+    draft model's weights, KV cache and buffers, and the target's logits of draft tokens (a
+    row of the vocabulary each, up to a step's most)."""
+
+    mode: str
+    draft: LocalModel | None
+    logits_bytes: int
+    model_bytes: int = 0
+    notes: tuple[str, ...] = ()
+
+    @property
+    def draft_bytes(self) -> int:
+        return self.logits_bytes + self.model_bytes
+
+
+def _speculates(settings: Settings, model: LocalModel, info: ModelInfo) -> bool:
+    """Whether the model decodes speculatively: asked, a GGUF (the MLX engine has no
+    speculative path here), and a cache that can drop a rejected draft (recurrent layers
+    cannot roll back in place)."""
+    from impetus_cli.runtime.engines.speculative import parse_mode
+
+    asked = parse_mode(settings.speculative) != "off"
+    return asked and model.format == "gguf" and not info.recurrent_layers
+
+
+def _logits_bytes(info: ModelInfo) -> int:
+    """The target's logits for a step's most draft tokens: a row of the vocabulary each."""
+    from impetus_cli.runtime.engines.speculative import MAX_STEP_DRAFTS
+
+    return MAX_STEP_DRAFTS * (info.vocab_size or 32000) * 4
+
+
+def _speculation(
+    settings: Settings,
+    model: LocalModel,
+    info: ModelInfo,
+    draft: tuple[LocalModel, ModelInfo] | None,
+    shape: tuple[int, int, int, bool],
+) -> Speculation:
+    """Speculative decoding for this model (see ``_speculates``): n-gram lookups, and a draft
+    model where one was given that is a GGUF of the same vocabulary size."""
+    if not _speculates(settings, model, info):
+        return Speculation("off", None, 0)
+    logits = _logits_bytes(info)
+    if draft is None:
+        return Speculation("ngram", None, logits)
+    local, dinfo = draft
+    if local.format != "gguf" or (dinfo.vocab_size or 0) != (info.vocab_size or 0):
+        why = f"{local.name} cannot draft for it (another vocabulary or format): n-gram drafts only"
+        return Speculation("ngram", None, logits, notes=(why,))
+    ctx, n_parallel, n_ubatch, flash_attn = shape
+    held = dinfo.file_bytes + kv_bytes(dinfo, ctx, "f16", n_parallel, n_ubatch)
+    held += compute_bytes(dinfo, ctx, n_ubatch, flash_attn, n_parallel)
+    why = f"{local.name} drafts for it ({held / 1e9:.2f} GB with its KV cache)"
+    return Speculation("draft", local, logits, held, (why,))
 
 
 def _cache_ram(settings: Settings, budget: int, held: int, notes: list[str]) -> int:

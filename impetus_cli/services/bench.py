@@ -20,6 +20,7 @@ from impetus_cli.runtime.types import HardwareProfile, LocalModel, ModelInfo
 
 Step = Callable[[str, str, int, int], None]  # model, test, repetition, repetitions
 BACKENDS = ("gguf", "mlx", "both")
+EDIT_TOKENS = 256  # the edit test's reply: long enough for drafts to reach their full length
 
 
 def bench_local(
@@ -32,16 +33,18 @@ def bench_local(
     depth: int,
     step: Step = lambda *_: None,
     warn: Callable[[str], None] = lambda _: None,
+    edit: int = EDIT_TOKENS,
 ) -> list[BenchRun]:
     """Benchmark the model (both its GGUF and MLX forms with ``backend="both"``), save each
-    run to the history, and return them."""
+    run to the history, and return them. ``edit``: tokens of the edit test (0: none)."""
     # A context just large enough for the test keeps the KV cache small.
-    settings = replace(settings, ctx=max(2048, depth + n_prompt + n_gen + 64), parallel=1)
+    # (the edit test's prompt is a few thousand characters of code)
+    settings = replace(settings, ctx=max(4096, depth + n_prompt + n_gen + edit + 64), parallel=1)
     manager = ModelManager(settings)
     try:
         runs = []
         for local in models_for(manager, model, backend, warn):
-            runs.append(bench_one(manager, local, n_prompt, n_gen, reps, depth, step))
+            runs.append(bench_one(manager, local, n_prompt, n_gen, reps, depth, step, edit))
             save_run(settings, runs[-1])
         return runs
     finally:
@@ -74,24 +77,31 @@ def bench_one(
     reps: int,
     depth: int,
     step: Step,
+    edit: int = EDIT_TOKENS,
 ) -> BenchRun:
     from impetus_cli.runtime.engines import load_engine
     from impetus_cli.runtime.hardware import detect
 
     plan, info, hw = manager.plan(local.name), manager.info(local), detect()
+    progress = lambda test, rep, total: step(local.name, test, rep, total)  # noqa: E731
+    # pp and tg decode as llama-bench does, without speculation; the edit test runs both ways.
+    plain = replace(plan, speculative="off", draft=None, draft_bytes=0)
     step(local.name, "loading", 0, 0)
-    engine = load_engine(plan, info)
+    engine = load_engine(plain, info)
     try:
         results = protocol.run_tests(
-            engine,
-            n_prompt=n_prompt,
-            n_gen=n_gen,
-            reps=reps,
-            depth=depth,
-            progress=lambda test, rep, total: step(local.name, test, rep, total),
+            engine, n_prompt=n_prompt, n_gen=n_gen, reps=reps, depth=depth, progress=progress
         )
+        if edit:
+            results += (protocol.run_edit(engine, edit, reps, "off", progress),)
     finally:
         engine.close()
+    if edit and plan.speculative != "off":
+        engine = load_engine(plan, info)
+        try:
+            results += (protocol.run_edit(engine, edit, reps, plan.speculative, progress),)
+        finally:
+            engine.close()
     expected, flags = expectations(hw, info, depth, results)
     return BenchRun(
         time=time.time(),

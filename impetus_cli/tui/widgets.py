@@ -128,6 +128,12 @@ def throughput_text(status: ServerStatus) -> Text:
         text.append(f"\n{model.name}: {model.tps_recent:.1f} tok/s")
         if model.loop_stops:
             text.append(f"  {model.loop_stops} replies stopped: loops", style="yellow")
+        if model.drafted_tokens:  # speculative decoding: how many guesses the model took
+            rate = model.accepted_tokens / model.drafted_tokens
+            text.append(
+                f"  drafts {model.accepted_tokens}/{model.drafted_tokens} accepted ({rate:.0%})",
+                style="dim",
+            )
         if model.failure:
             text.append(f"  engine failure: {model.failure}", style="bold red")
         if model.placement:  # layers split across `impetus worker`s

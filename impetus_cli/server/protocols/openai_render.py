@@ -52,9 +52,15 @@ def usage(prompt: int, completion: int, cached: int = 0) -> dict[str, Any]:
 
 def timings(final: GenerationChunk | None) -> dict[str, Any]:
     """llama-server's ``timings`` object (Continue and others show it): tokens taken from the
-    cache, evaluated, and generated, with their speeds."""
+    cache, evaluated, and generated, with their speeds, and with speculative decoding the
+    tokens drafted and accepted."""
     f = final or GenerationChunk()
     evaluated = f.prompt_tokens - f.cached_tokens
+    drafts = (  # speculative decoding, as llama-server reports it: only when it drafted
+        {"draft_n": f.drafted_tokens, "draft_n_accepted": f.accepted_tokens}
+        if f.drafted_tokens
+        else {}
+    )
     return {
         "cache_n": f.cached_tokens,
         "prompt_n": evaluated,
@@ -66,6 +72,7 @@ def timings(final: GenerationChunk | None) -> dict[str, Any]:
         else 0.0,
         "predicted_per_second": round(f.generation_tps, 3),
         "ttft_ms": round(1000 * f.ttft_s, 3),
+        **drafts,
     }
 
 
