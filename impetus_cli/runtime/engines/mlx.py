@@ -11,6 +11,7 @@ Not available on MLX: grammar / JSON-schema constrained output (refused with a 4
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -19,8 +20,9 @@ from typing import Any
 from impetus_cli.errors import BackendUnavailable, CorruptModel, EngineError, ImpetusError
 from impetus_cli.runtime.engines.common import Health
 from impetus_cli.runtime.engines.mlx_batch import Batcher, Job
-from impetus_cli.runtime.engines.mlx_pool import PromptPool
+from impetus_cli.runtime.engines.mlx_pool import PromptPool, disk_key
 from impetus_cli.runtime.engines.mlx_stream import MlxModel, Reply, seed_from
+from impetus_cli.runtime.engines.prompt_tiers import DiskTier, TierStats
 from impetus_cli.runtime.limits import reply_budget
 from impetus_cli.runtime.types import (
     ChatMessage,
@@ -31,6 +33,8 @@ from impetus_cli.runtime.types import (
     SpecialText,
     ToolSpec,
 )
+
+log = logging.getLogger("impetus.mlx")
 
 # Quantized KV cache: the group size along the head dimension (mx.quantize accepts 32/64/128).
 KV_GROUP = 32
@@ -53,10 +57,10 @@ class MlxEngine:
         self.plan, self.info = plan, info
         self._model, self._tokenizer = model, tokenizer
         self._lock = threading.Lock()  # the model: the serial path, embeddings, batched steps
-        self._pool = PromptPool(model, plan.n_parallel)
         self._weights_bytes = _weights_bytes(model)
         self._health = Health()
         self.kv_bits = _kv_bits(plan.kv_type, info.head_dim, model)
+        self._pool = PromptPool(model, plan.n_parallel, plan.cache_ram_bytes, self._disk_tier())
         self._mlx = MlxModel(
             model,
             self._lock,
@@ -108,6 +112,24 @@ class MlxEngine:
     @property
     def last_evaluated_tokens(self) -> int:
         return self._pool.last_evaluated
+
+    @property
+    def cache_tiers(self) -> tuple[TierStats, ...]:
+        """The prompt caches past the planned ones (RAM) and on disk: what each holds, hits."""
+        return self._pool.tiers
+
+    def _disk_tier(self) -> DiskTier | None:
+        """The prompt cache's disk tier (mlx_pool.py), as the plan sizes it."""
+        plan = self.plan
+        if plan.prompt_cache_dir is None or plan.cache_disk_bytes <= 0:
+            return None
+        template = self.chat_template or ""
+        try:
+            key = disk_key(self.info.path, template, self.kv_bits)
+            return DiskTier(plan.prompt_cache_dir, key, plan.cache_disk_bytes)
+        except OSError as exc:  # an unwritable home: no disk tier, the server still runs
+            log.warning("prompt cache on disk disabled: %s", exc)
+            return None
 
     @property
     def special_text(self) -> SpecialText:
@@ -273,6 +295,10 @@ class MlxEngine:
     def close(self) -> None:
         if self._batcher is not None:
             self._batcher.close()
+        try:
+            self._pool.save()
+        except OSError as exc:  # a full disk must not stop an unload
+            log.warning("could not save the prompt cache: %s", exc)
         self.clear_cache()
 
 
