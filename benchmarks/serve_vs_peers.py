@@ -109,8 +109,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             flush=True,
         )
         servers.remove("llama-cpp-python")
-    binary = None
-    if "llama-server" in servers:
+    binary = args.llama_server
+    if "llama-server" in servers and binary is None:
         from benchmarks.build_llama_cpp import build
 
         binary = build()["llama-server"]
@@ -122,7 +122,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     quiet = peers.Quiet(args.max_wait, args.retries)
     for rep in range(args.reps):
         order = servers[rep % len(servers) :] + servers[: rep % len(servers)]
-        if "impetus" in servers:
+        if "impetus" in servers and not args.only_tiers:
             print(f"rep {rep + 1}: impetus idle start", flush=True)
             log = logs / f"idle-{rep}.log"
             idle.append(quiet.run(f"idle rep {rep + 1}", partial(peers.measure_idle, args, log)))
@@ -183,6 +183,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--parallel", type=int, help="impetus serve --parallel (default: its own)")
     parser.add_argument("--skip", action="append", default=[], choices=ORDER)
     parser.add_argument("--tiers", action="store_true", help="add the prompt-cache rows")
+    parser.add_argument(
+        "--llama-server", type=Path, help="this llama-server binary (default: build_llama_cpp.py's)"
+    )
     parser.add_argument("--only-tiers", action="store_true", help="the prompt-cache rows only")
     parser.add_argument(
         "--max-wait",
@@ -344,7 +347,7 @@ def token_notes(report: dict[str, Any]) -> list[str]:
                 f"- {name}: replies shorter than asked ({decode:.0f} of {want} tokens in the "
                 f"decode stream, {together:.0f} of {want * streams} in the {streams} streams)."
             )
-        if not res.get("first_prompt_tokens", {}).get("mean"):
+        if "first_prompt_tokens" in res and not res["first_prompt_tokens"].get("mean"):
             notes.append(
                 f"- {name} sends no token usage when streaming: its completion tokens are "
                 "counted one per content chunk, its prompts sized with the others' ratio."

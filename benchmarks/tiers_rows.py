@@ -17,6 +17,7 @@ with a random nonce, so nothing from an earlier run is ever found.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import threading
 import time
@@ -32,12 +33,14 @@ LABELS = {
     "restart_ttft_s": "next turn after a server restart: TTFT (s)",
     "session2_ttft_s": "second session, same instructions, new task: TTFT (s)",
     "tiers_cold_ttft_s": "(for scale) the same conversation's cold first turn: TTFT (s)",
+    "tiers_load": "(machine) 1-minute load average while these rows ran",
 }
 TARGETS = {
     "returning_ttft_s": ("<= 1.0x", False),
     "restart_ttft_s": ("new tokens only", False),
     "session2_ttft_s": ("<= 1.0x", False),
     "tiers_cold_ttft_s": ("-", False),
+    "tiers_load": ("-", False),
 }
 ASK = "List the files you would read first."
 AGAIN = "Now run the tests."
@@ -57,6 +60,7 @@ def measure_tiers(
 ) -> dict[str, float]:
     """The three rows on one server: returning conversation and second session on one process,
     then the restart on two more."""
+    load = os.getloadavg()[0]
     if name == "impetus":  # nothing saved by an earlier run (bounded anyway, but not measured)
         shutil.rmtree(peers.CACHE / "home" / "prompt-cache", ignore_errors=True)
     with _running(argv, log.with_suffix(".a.log")) as client:
@@ -71,6 +75,7 @@ def measure_tiers(
         again = stream_once(client, peers.MODEL, _next_turn(conversation, first.reply), 32)
     result["restart_ttft_s"] = again.ttft_s
     result["restart_prompt_tokens"] = float(again.prompt_tokens)
+    result["tiers_load"] = (load + os.getloadavg()[0]) / 2
     return result
 
 
