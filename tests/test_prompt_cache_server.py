@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 
 from impetus_cli.runtime.manager import ModelManager
+from impetus_cli.runtime.status import ServerStatus
+from impetus_cli.tui.widgets import cache_lines
 from tests.fixtures.servers import Registry, server_settings, start_server
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
@@ -55,6 +57,12 @@ def test_a_returning_conversation_is_cached_after_other_work_and_after_a_restart
         back = ask(url, conversation)
         assert back.usage.prompt_tokens_details.cached_tokens >= first.usage.prompt_tokens - 4
         assert tiers(url)["ram"]["hits"] == 1
+        status = ServerStatus.from_json(json.loads(get(f"{url}/impetus/status")))
+        (line,) = cache_lines(status)  # the dashboard's line for the model
+        assert (
+            line.plain.startswith("prompt cache tiny") and " RAM 2 · " in line.plain
+        )  # A and B, each left its slot once
+        assert "1 hits" in line.plain and " DISK " in line.plain
         metrics = get(f"{url}/metrics")
         assert 'impetus_prompt_cache_hits{model="tiny",tier="ram"} 1.0' in metrics
         assert 'impetus_prompt_cache_entries{model="tiny",tier="disk"}' in metrics

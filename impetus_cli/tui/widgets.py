@@ -21,6 +21,10 @@ def gb(n: float | int | None) -> str:
     return "-" if n is None else f"{n / 1e9:.1f} GB"
 
 
+def _size(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
+
+
 def seconds(s: float | int | None) -> str:
     if s is None:
         return "-"
@@ -66,10 +70,32 @@ def legend(status: ServerStatus) -> Text:
     for i, model in enumerate(status.models):
         text.append("■ ", style=PALETTE[i % len(PALETTE)])
         text.append(f"{model.name}  ")
+    for line in cache_lines(status):
+        text.append("\n")
+        text.append_text(line)
     if status.remotes:
         text.append("\n" if status.models else "")
         text.append_text(remotes_text(status))
     return text
+
+
+def cache_lines(status: ServerStatus) -> list[Text]:
+    """One line per model with a prompt cache behind its KV cache: each tier's entries, bytes
+    of its budget, and the prompts it served (and their tokens, not evaluated)."""
+    lines = []
+    for m in status.models:
+        if not m.cache_tiers:
+            continue
+        text = Text(f"prompt cache {m.name} ", style="dim")
+        for t in m.cache_tiers:
+            text.append(f" {str(t.get('tier', '?')).upper()} ", style="bold")
+            text.append(
+                f"{t.get('entries', 0)} · {_size(t.get('bytes', 0))} of "
+                f"{_size(t.get('budget', 0))} · "
+                f"{t.get('hits', 0)} hits ({t.get('tokens', 0)} tokens) "
+            )
+        lines.append(text)
+    return lines
 
 
 def remotes_text(status: ServerStatus) -> Text:
