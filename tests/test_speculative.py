@@ -1,0 +1,318 @@
+"""Speculative decoding on real llama.cpp (engines/speculative.py, llama_batch.Scheduler._verify):
+the reply is plain decoding's, whatever the drafts were.
+
+The tiny random-weight GGUF drafts for itself through a copy of its file (every guess right)
+and through a model of the same vocabulary with other weights (guesses mostly wrong), so the
+verification keeps and drops drafts on a real context; the real Gemma 3 270M copies a file
+from its prompt, where the n-gram lookup guesses most of the reply. Equality is exact on the
+tiny model. On Gemma, llama.cpp's numbers depend slightly on how tokens are batched (a
+prompt evaluated in one batch and the same tokens decoded one by one differ in the second
+decimal of a logprob), which past its 512-token sliding window can flip a near tie; Gemma's
+tests stay inside the window, where the reply is the same text.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from impetus_cli.errors import ImpetusError
+from impetus_cli.runtime.inspect import inspect_model
+from impetus_cli.runtime.types import GenerationChunk, LocalModel, SamplingParams
+from tests.fixtures.tiny_models import make_plan, write_tiny_gguf
+
+pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+
+GREEDY = SamplingParams(max_tokens=96, temperature=0, ignore_eos=True)
+CODE = '''def reply_budget(n_ctx: int, n_prompt: int, max_tokens: int | None) -> int:
+    """Tokens the reply may have, clamped to the room the prompt leaves."""
+    if n_prompt >= n_ctx:
+        raise ContextLengthExceeded(n_ctx, n_prompt)
+    room = n_ctx - n_prompt
+    return room if max_tokens is None else max(0, min(max_tokens, room))
+'''
+COPY = f"File: limits.py\n```python\n{CODE}```\n\nThe same file, copied exactly:\n\nFile: limits.py\n```python\n"
+
+
+def load(path: Path, speculative: str = "off", draft: Path | None = None, **plan: Any) -> Any:
+    from impetus_cli.runtime.engines.llama import LlamaEngine
+
+    info = inspect_model(path)
+    local = None
+    if draft is not None:
+        size = draft.stat().st_size
+        local = LocalModel(
+            name=draft.name, format="gguf", path=draft, origin="path", size_bytes=size
+        )
+    base = make_plan(path, info, **plan)
+    return LlamaEngine.load(replace(base, speculative=speculative, draft=local), info)
+
+
+def run(engine: Any, tokens: list[int], sampling: SamplingParams = GREEDY) -> list[GenerationChunk]:
+    return list(engine.generate(tokens, sampling))
+
+
+def ids(chunks: list[GenerationChunk]) -> list[int]:
+    return [t for c in chunks for t in c.token_ids]
+
+
+def text(chunks: list[GenerationChunk]) -> str:
+    return "".join(c.text for c in chunks)
+
+
+@pytest.fixture(scope="module")
+def twin(tiny_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model's own weights under another name: a draft model that is always right."""
+    return Path(shutil.copy(tiny_gguf, tmp_path_factory.mktemp("twin") / "twin.gguf"))
+
+
+@pytest.fixture(scope="module")
+def stranger(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Same vocabulary, other weights: a draft model that is mostly wrong."""
+    return write_tiny_gguf(tmp_path_factory.mktemp("stranger") / "stranger.gguf", seed=7)
+
+
+@pytest.fixture(scope="module")
+def plain(tiny_gguf: Path) -> Any:
+    engine = load(tiny_gguf, n_ctx=1024)
+    yield engine
+    engine.close()
+
+
+def prompt_of(engine: Any, words: str) -> list[int]:
+    return list(engine.tokenize(words))
+
+
+# -- the tiny model: drafts right and wrong -------------------------------------------------
+
+
+@pytest.mark.parametrize("drafter", ["twin", "stranger"])
+def test_the_reply_is_plain_decodings_whether_the_drafts_are_right_or_wrong(
+    tiny_gguf: Path, plain: Any, drafter: str, request: pytest.FixtureRequest
+) -> None:
+    draft = request.getfixturevalue(drafter)
+    engine = load(tiny_gguf, "draft", draft, n_ctx=1024)
+    try:
+        for words in ("the water was hot", "one day a man said", "import print class"):
+            prompt = prompt_of(plain, words)
+            expected, got = run(plain, prompt), run(engine, prompt)
+            assert ids(got) == ids(expected) and text(got) == text(expected)
+            final = got[-1]
+            assert final.completion_tokens == 96 and final.drafted_tokens > 0
+            if drafter == "twin":  # every guess right: 1 token fed alone, then drafts
+                assert final.accepted_tokens == final.drafted_tokens
+            else:
+                assert final.accepted_tokens < final.drafted_tokens
+    finally:
+        engine.close()
+
+
+def test_a_sampled_reply_with_a_seed_and_penalties_is_plain_decodings(
+    tiny_gguf: Path, stranger: Path
+) -> None:
+    """The sampler chain sees the same calls, logits and state: with the same seed, the same
+    tokens, through temperature, top-k/top-p, penalties and a logit bias. (An f32 KV cache:
+    llama.cpp's results for a token alone and in a batch then differ in the fourth decimal
+    of a logprob, where a draw that lands that close to a boundary is rare.)"""
+    plain_engine = load(tiny_gguf, n_ctx=1024, kv_type="f32")
+    engine = load(tiny_gguf, "draft", stranger, n_ctx=1024, kv_type="f32")
+    try:
+        for seed in range(6):
+            sampling = SamplingParams(
+                max_tokens=80,
+                temperature=0.9,
+                seed=seed,
+                repeat_penalty=1.2,
+                presence_penalty=0.3,
+                logit_bias={300: 2.0},
+                ignore_eos=True,
+            )
+            prompt = prompt_of(plain_engine, f"a sampled story about water {seed}")
+            expected, got = run(plain_engine, prompt, sampling), run(engine, prompt, sampling)
+            assert ids(got) == ids(expected)
+            assert got[-1].drafted_tokens > 0
+    finally:
+        plain_engine.close()
+        engine.close()
+
+
+def test_accepted_drafts_carry_plain_decodings_logprobs(
+    tiny_gguf: Path, plain: Any, twin: Path
+) -> None:
+    """A token taken from a draft reports the model's own distribution at its position, the
+    numbers plain decoding reports for it (within float rounding of a batch)."""
+    engine = load(tiny_gguf, "draft", twin, n_ctx=1024)
+    try:
+        sampling = replace(GREEDY, logprobs=3)
+        prompt = prompt_of(plain, "probabilities of a draft")
+        expected, got = run(plain, prompt, sampling), run(engine, prompt, sampling)
+        assert got[-1].accepted_tokens > 50 and ids(got) == ids(expected)
+        want = [lp for c in expected for lp in c.logprobs]
+        have = [lp for c in got for lp in c.logprobs]
+        assert len(have) == len(want) == 96
+        assert max(abs(a - b) for a, b in zip(have, want, strict=True)) < 1e-3
+        tops = [[t for t, _ in top] for c in got for top in c.top_logprobs]
+        assert tops == [[t for t, _ in top] for c in expected for top in c.top_logprobs]
+    finally:
+        engine.close()
+
+
+def test_a_stop_string_inside_a_draft_ends_the_reply_where_plain_decoding_does(
+    tiny_gguf: Path, plain: Any, twin: Path
+) -> None:
+    """The stop string completes on a token taken from a draft: the reply ends there, the
+    rest of the draft leaves the cache, and the same prompt again replies the same."""
+    engine = load(tiny_gguf, "draft", twin, n_ctx=1024)
+    try:
+        prompt = prompt_of(plain, "a reply cut by a stop string")
+        whole = text(run(plain, prompt))
+        stop = whole[len(whole) // 2 : len(whole) // 2 + 6]
+        sampling = replace(GREEDY, stop=(stop,))
+        expected, got = run(plain, prompt, sampling), run(engine, prompt, sampling)
+        assert got[-1].finish_reason == expected[-1].finish_reason == "stop"
+        assert text(got) == text(expected) and stop not in text(got)
+        assert got[-1].accepted_tokens > 0
+        again = run(engine, prompt, sampling)
+        assert text(again) == text(expected) and again[-1].cached_tokens == len(prompt) - 1
+        longer = run(engine, prompt)  # past the stop: the cache kept no unverified draft
+        assert ids(longer) == ids(run(plain, prompt))
+    finally:
+        engine.close()
+
+
+def test_a_cancelled_reply_stops_within_a_token_and_leaves_a_sound_cache(
+    tiny_gguf: Path, plain: Any, twin: Path
+) -> None:
+    engine = load(tiny_gguf, "draft", twin, n_ctx=2048)
+    try:
+        prompt = prompt_of(plain, "a long reply that is cancelled")
+        cancel = threading.Event()
+        seen: list[int] = []
+        chunks = []
+        for chunk in engine.generate(prompt, replace(GREEDY, max_tokens=1500), cancel):
+            chunks.append(chunk)
+            seen += chunk.token_ids
+            if len(seen) >= 40:
+                cancel.set()
+        final = chunks[-1]
+        assert final.finish_reason == "cancelled" and final.completion_tokens == len(seen)
+        assert seen == ids(run(plain, prompt, replace(GREEDY, max_tokens=len(seen))))
+        assert ids(run(engine, prompt)) == ids(run(plain, prompt))
+        assert engine.failure is None
+    finally:
+        engine.close()
+
+
+def test_near_the_end_of_its_context_a_reply_drafts_only_what_still_fits(
+    tiny_gguf: Path, twin: Path
+) -> None:
+    """Drafts never reach past the room the context leaves: the reply runs to the last
+    token, as plain decoding's does, and no decode fails for want of cells."""
+    plain_engine, engine = load(tiny_gguf, n_ctx=256), load(tiny_gguf, "draft", twin, n_ctx=256)
+    try:
+        prompt = prompt_of(plain_engine, "the end of the context " * 12)
+        sampling = SamplingParams(max_tokens=None, temperature=0, ignore_eos=True)
+        expected, got = run(plain_engine, prompt, sampling), run(engine, prompt, sampling)
+        assert got[-1].finish_reason == "length" == expected[-1].finish_reason
+        assert got[-1].completion_tokens == 256 - len(prompt) and ids(got) == ids(expected)
+        assert got[-1].accepted_tokens > 0 and engine.failure is None
+    finally:
+        plain_engine.close()
+        engine.close()
+
+
+def test_batched_slots_with_and_without_drafts_each_reply_as_alone(
+    tiny_gguf: Path, plain: Any, stranger: Path
+) -> None:
+    """Three requests at once on three slots, drafting (rightly and wrongly) in the same
+    decode steps as the others: each reply is the one plain decoding gives it alone."""
+    engine = load(tiny_gguf, "draft", stranger, n_ctx=1024, n_parallel=3)
+    prompts = [prompt_of(plain, w) for w in ("first of three", "second one", "the third")]
+    prompts[2] = prompts[2] + ids(run(plain, prompts[2]))[:40]  # the lookup finds its reply
+    expected = [ids(run(plain, p, replace(GREEDY, max_tokens=200))) for p in prompts]
+    results: dict[int, list[GenerationChunk]] = {}
+
+    def one(i: int) -> None:
+        results[i] = run(engine, prompts[i], replace(GREEDY, max_tokens=200))
+
+    try:
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+        assert [ids(results[i]) for i in range(3)] == expected
+        assert sum(results[i][-1].drafted_tokens for i in range(3)) > 0
+    finally:
+        engine.close()
+
+
+def test_a_draft_model_of_another_vocabulary_is_refused(gemma_gguf: Path, tiny_gguf: Path) -> None:
+    with pytest.raises(ImpetusError, match="vocabulary"):
+        load(gemma_gguf, "draft", tiny_gguf, n_ctx=512)
+
+
+# -- Gemma copying a file: n-gram lookups -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gemma_plain(gemma_gguf: Path) -> Any:
+    engine = load(gemma_gguf, n_ctx=1024)
+    yield engine
+    engine.close()
+
+
+def test_gemma_copying_its_prompt_takes_most_drafts_and_replies_as_plain_decoding(
+    gemma_gguf: Path, gemma_plain: Any
+) -> None:
+    engine = load(gemma_gguf, "ngram", n_ctx=1024)
+    try:
+        prompt = list(gemma_plain.tokenize(COPY))
+        sampling = SamplingParams(max_tokens=120, temperature=0)
+        assert len(prompt) + 120 < 512  # inside the sliding window (see the module docstring)
+        expected, got = run(gemma_plain, prompt, sampling), run(engine, prompt, sampling)
+        assert text(got) == text(expected) and "def reply_budget" in text(got)
+        final = got[-1]
+        assert final.accepted_tokens > final.completion_tokens // 2
+        assert final.accepted_tokens > 0.6 * final.drafted_tokens
+    finally:
+        engine.close()
+
+
+def test_gemma_under_a_grammar_keeps_the_grammar_state_of_plain_decoding(
+    gemma_gguf: Path, gemma_plain: Any
+) -> None:
+    """A grammar that forbids a character the copy has: drafts that hold it are cut where
+    the grammar resamples, and the reply is plain decoding's under the same grammar."""
+    engine = load(gemma_gguf, "ngram", n_ctx=1024)
+    try:
+        prompt = list(gemma_plain.tokenize(COPY))
+        sampling = SamplingParams(max_tokens=100, temperature=0, grammar="root ::= [^:]*")
+        expected, got = run(gemma_plain, prompt, sampling), run(engine, prompt, sampling)
+        assert ":" not in text(got) and text(got) == text(expected)
+        assert got[-1].drafted_tokens > got[-1].accepted_tokens > 0
+    finally:
+        engine.close()
+
+
+def test_gemma_drafting_for_itself_replies_as_plain_decoding(
+    gemma_gguf: Path, gemma_plain: Any, tmp_path: Path
+) -> None:
+    """A draft model on its own context (here Gemma's own weights): it catches up with the
+    prompt, drafts greedily, and its guesses are the target's."""
+    twin = Path(shutil.copy(gemma_gguf, tmp_path / "gemma-twin.gguf"))
+    engine = load(gemma_gguf, "draft", twin, n_ctx=1024)
+    try:
+        prompt = list(gemma_plain.tokenize("A short story about a lighthouse keeper:\n"))
+        sampling = SamplingParams(max_tokens=120, temperature=0)
+        expected, got = run(gemma_plain, prompt, sampling), run(engine, prompt, sampling)
+        assert text(got) == text(expected)
+        final = got[-1]
+        assert final.accepted_tokens > 0.8 * final.drafted_tokens > 0
+    finally:
+        engine.close()
