@@ -17,6 +17,7 @@ import pytest
 
 from impetus_cli.runtime.manager import ModelManager
 from impetus_cli.runtime.status import ServerStatus
+from impetus_cli.runtime.types import LocalModel
 from tests.fixtures.servers import Registry, server_settings, start_server
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
@@ -94,3 +95,34 @@ def test_a_plan_with_a_draft_model_counts_it(tiny_gguf: Path, tmp_path: Path) ->
     # the draft model's weights and KV cache on top of the logits rows n-gram drafts need
     assert drafted.draft_bytes > alone.draft_bytes + twin.stat().st_size > off.draft_bytes == 0
     assert drafted.total_bytes - alone.total_bytes == drafted.draft_bytes - alone.draft_bytes
+
+
+def test_speculation_is_planned_off_where_it_cannot_run(tiny_gguf: Path) -> None:
+    """MLX (mlx-lm speculates one sequence at a time, outside the batch the engine runs) and
+    recurrent layers (no rollback of a rejected draft) plan it off and say why; a budget too
+    tight for the draft tokens' logits loads the model without them rather than failing."""
+    from dataclasses import replace
+
+    from impetus_cli.runtime.config import Settings
+    from impetus_cli.runtime.inspect import inspect_model
+    from impetus_cli.runtime.tuning import plan_load
+    from tests.test_tuning import linux
+
+    info = inspect_model(tiny_gguf)
+    local = LocalModel(name="t", format="gguf", path=tiny_gguf, origin="path", size_bytes=1)
+    settings = Settings(ctx=2048, parallel=1)
+    roomy = plan_load(local, info, linux(), settings, 8_000_000_000)
+    assert roomy.speculative == "ngram" and roomy.draft_bytes > 0
+    mlx = plan_load(
+        replace(local, format="mlx"), replace(info, format="mlx"), linux(), settings, 8_000_000_000
+    )
+    assert mlx.speculative == "off" and any("mlx-lm drafts" in n for n in mlx.notes)
+    hybrid = replace(info, recurrent_layers=1, recurrent_state_bytes=1000)
+    assert plan_load(local, hybrid, linux(), settings, 8_000_000_000).speculative == "off"
+    # a budget that holds the smallest context, with less room than the drafts' logits take
+    bare = replace(settings, speculative="off", cache_ram=0)
+    least = plan_load(local, info, linux(), bare, 8_000_000_000).total_bytes
+    tight = plan_load(
+        local, info, linux(), replace(bare, speculative="ngram"), least + roomy.draft_bytes // 2
+    )
+    assert tight.speculative == "off" and tight.draft_bytes == 0 and tight.n_ctx == 2048

@@ -166,18 +166,8 @@ def plan_load(
     n_batch, n_ubatch = (2048, 512) if gpu else (512, 512)
     threads, why = _threads(hw, settings)
     notes.append(why)
-    # Speculative decoding's logits rows come off the budget first (on a budget too tight for
-    # them the model loads without speculation).
-    reserve = _logits_bytes(info) if _speculates(settings, model, info) else 0
-    try:
-        ctx = _choose_ctx(
-            model, info, settings, budget_bytes - reserve, kv_type, n_ubatch, flash_attn, notes
-        )
-    except InsufficientMemory:
-        if not reserve:
-            raise
-        settings = dataclasses.replace(settings, speculative="off")
-        ctx = _choose_ctx(model, info, settings, budget_bytes, kv_type, n_ubatch, flash_attn, notes)
+    shape = (kv_type, n_ubatch, flash_attn)
+    ctx, settings = _context_for(model, info, settings, budget_bytes, shape, notes)
     n_parallel, why = _parallel(info, budget_bytes, ctx, settings)
     notes.append(why)
     gguf = model.format == "gguf"
@@ -246,6 +236,29 @@ class Speculation:
         return self.logits_bytes + self.model_bytes
 
 
+def _context_for(
+    model: LocalModel,
+    info: ModelInfo,
+    settings: Settings,
+    budget: int,
+    shape: tuple[str, int, bool],
+    notes: list[str],
+) -> tuple[int, Settings]:
+    """The context (``_choose_ctx``) once speculative decoding's logits rows are off the
+    budget; on a budget too tight for them, the model's context without speculation, and the
+    settings with it off."""
+    kv_type, n_ubatch, flash_attn = shape
+    if _speculates(settings, model, info):
+        left = budget - _logits_bytes(info)
+        try:
+            ctx = _choose_ctx(model, info, settings, left, kv_type, n_ubatch, flash_attn, notes)
+            return ctx, settings
+        except InsufficientMemory:
+            settings = dataclasses.replace(settings, speculative="off")
+    ctx = _choose_ctx(model, info, settings, budget, kv_type, n_ubatch, flash_attn, notes)
+    return ctx, settings
+
+
 def _speculates(settings: Settings, model: LocalModel, info: ModelInfo) -> bool:
     """Whether the model decodes speculatively: asked, a GGUF (the MLX engine has no
     speculative path here), and a cache that can drop a rejected draft (recurrent layers
@@ -273,7 +286,17 @@ def _speculation(
     """Speculative decoding for this model (see ``_speculates``): n-gram lookups, and a draft
     model where one was given that is a GGUF of the same vocabulary size."""
     if not _speculates(settings, model, info):
-        return Speculation("off", None, 0)
+        from impetus_cli.runtime.engines.speculative import parse_mode
+
+        if parse_mode(settings.speculative) == "off":
+            return Speculation("off", None, 0)
+        why = (  # asked, but not possible here
+            "speculative decoding off: mlx-lm drafts for one sequence at a time, outside the "
+            "BatchGenerator this engine batches with"
+            if model.format != "gguf"
+            else "speculative decoding off: recurrent layers cannot drop a rejected draft"
+        )
+        return Speculation("off", None, 0, notes=(why,))
     logits = _logits_bytes(info)
     if draft is None:
         return Speculation("ngram", None, logits)

@@ -1,0 +1,289 @@
+"""serve_vs_peers.py's speculative-decoding rows (issue 17 §2): how fast a reply that repeats its
+input decodes, and what speculation costs a reply that does not, on impetus and on llama-server
+run with each of its own speculative options as a user would set them.
+
+Three requests, each streamed from /v1/completions (a raw prompt: the suite's model is a base
+model, which completes text rather than following chat turns):
+
+- edit: a ~300-line Python file (the standard library's queue.py) in a fenced block, then, in
+  the same completion style, the heading of the file "after" one asked-for change and an open
+  fence: the model writes the file out again, as an edit or "apply" reply does. Temperature 0
+  (agents edit at 0), as many tokens as the file has. Gemma 3 270M keeps its place in the
+  copy for a while, then drifts and repeats parts of it (its sliding-window layers see only
+  the last 512 tokens): the table gives how much of the reply is the file's text;
+- prose: the opening of an essay to continue, and novel code: the start of a new module to
+  continue (nothing to copy in either). Temperature 0.8 with a fixed seed: at 0 this base
+  model soon repeats itself, which would make them a copy too.
+
+impetus runs with ``--no-loop-guard``: its runaway guard would end these replies where this
+base model repeats itself, and each variant must generate the same number of tokens (llama-server
+has no such guard). Decode speed is the client's: tokens from the first streamed token to the last, over that time.
+Every server configuration (a variant) is its own process; the order of the variants rotates
+each repetition. impetus runs with ``--speculative off`` and ``ngram``; llama-server without
+speculation and with each n-gram type its documentation offers (docs/speculative.md; there is
+no draft model of Gemma 3 270M's vocabulary smaller than itself). The load average is taken
+around every variant, because the machine is shared.
+
+    .venv/bin/python benchmarks/edit_rows.py --reps 2          # alone: prints its table
+    .venv/bin/python benchmarks/serve_vs_peers.py --edit ...   # as rows of the suite
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import statistics
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import peers
+
+# The variants: (server, name, extra command-line arguments).
+VARIANTS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("impetus", "off", ("--speculative", "off", "--no-loop-guard")),
+    ("impetus", "ngram", ("--speculative", "ngram", "--no-loop-guard")),
+    ("llama-server", "none", ()),
+    ("llama-server", "ngram-simple", ("--spec-type", "ngram-simple", "--spec-draft-n-max", "64")),
+    ("llama-server", "ngram-map-k", ("--spec-type", "ngram-map-k", "--spec-draft-n-max", "64")),
+    ("llama-server", "ngram-mod", ("--spec-type", "ngram-mod")),
+    ("llama-server", "ngram-cache", ("--spec-type", "ngram-cache", "--spec-draft-n-max", "16")),
+)
+PLAIN = {"impetus": "off", "llama-server": "none"}  # each server's variant without speculation
+CHANGE = "a typo fixed in a comment"
+PROSE = (
+    "The history of the lighthouse is a history of coastlines, trade and the people who kept "
+    "the lamps burning through the night. In the early nineteenth century,"
+)
+CODE = (
+    '"""A small command-line tool that watches a directory and uploads new photos to a '
+    'server."""\n\nimport argparse\nimport hashlib\nimport pathlib\n\n\n'
+)
+LABELS = {
+    "edit_plain_tps": "edit-shaped reply ({edit_tokens} tokens, a 326-line file), no "
+    "speculation: decode (tok/s)",
+    "edit_spec_tps": "edit-shaped reply with speculation (impetus ngram; llama-server: its "
+    "best type, {best}): decode (tok/s)",
+    "edit_gain_x": "edit-shaped reply: speculation / none (x)",
+    "prose_gain_x": "prose, 256 tokens sampled: speculation / none (x)",
+    "code_gain_x": "novel code, 256 tokens sampled: speculation / none (x)",
+    "edit_load": "(machine) 1-minute load average while the edit rows ran",
+}
+TARGETS = {
+    "edit_plain_tps": ("-", True),
+    "edit_spec_tps": ("> 1.0x", True),
+    "edit_gain_x": (">= 1.8 (impetus)", True),
+    "prose_gain_x": (">= 0.97 (impetus)", True),
+    "code_gain_x": (">= 0.97 (impetus)", True),
+    "edit_load": ("-", False),
+}
+
+
+EDIT_TOKENS = 2800  # about the file's length in Gemma's tokens
+SAMPLED = {"temperature": 0.8, "seed": 42, "max_tokens": 256}
+
+
+def edited_file() -> str:
+    import queue
+
+    return inspect.getsource(queue)
+
+
+def edit_prompt() -> str:
+    code = edited_file()
+    return (
+        f"# File: queue.py\n```python\n{code}```\n\n"
+        f"# File: queue.py, after one change ({CHANGE}); the whole file:\n```python\n"
+    )
+
+
+def workloads() -> dict[str, dict[str, Any]]:
+    """The three requests' bodies (/v1/completions), without the model."""
+    return {
+        "edit": {"prompt": edit_prompt(), "max_tokens": EDIT_TOKENS, "temperature": 0},
+        "prose": {"prompt": PROSE, **SAMPLED},
+        "code": {"prompt": CODE, **SAMPLED},
+    }
+
+
+def file_share(reply: str) -> float:
+    """How much of the reply is the file's text: matching lines over the reply's lines."""
+    import difflib
+
+    lines = reply.splitlines()
+    match = difflib.SequenceMatcher(None, edited_file().splitlines(), lines, autojunk=False)
+    return sum(b.size for b in match.get_matching_blocks()) / max(1, len(lines))
+
+
+def stream(url: str, body: dict[str, Any]) -> dict[str, float]:
+    """One streamed completion: TTFT, decode tok/s (first token to last), tokens, drafts."""
+    data = json.dumps({**body, "model": peers.MODEL, "stream": True}).encode()
+    request = urllib.request.Request(
+        f"{url}/v1/completions", data, {"Content-Type": "application/json"}
+    )
+    start = time.perf_counter()
+    first = last = 0.0
+    pieces, timings, text = 0, {}, []
+    with urllib.request.urlopen(request, timeout=1800) as reply:
+        for raw in reply:
+            line = raw.decode().strip()
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            event = json.loads(line[6:])
+            timings = event.get("timings") or timings
+            if any(c.get("text") for c in event.get("choices", [])):
+                text += [c.get("text") or "" for c in event["choices"]]
+                last = time.perf_counter()
+                first = first or last
+                pieces += 1
+    tokens = float(timings.get("predicted_n") or pieces)
+    return {
+        "ttft_s": first - start,
+        "tps": (tokens - 1) / (last - first) if last > first else 0.0,
+        "tokens": tokens,
+        "drafted": float(timings.get("draft_n", 0)),
+        "accepted": float(timings.get("draft_n_accepted", 0)),
+        "file": file_share("".join(text)),
+    }
+
+
+def command(server: str, extra: tuple[str, ...], args: argparse.Namespace, binary: Path | None):
+    """The suite's command line for the server, with the variant's options."""
+    argv = peers.command(server, args, peers.gemma_path(), binary)
+    return [*argv, *extra]
+
+
+def measure_variant(
+    server: str, extra: tuple[str, ...], args: argparse.Namespace, binary: Path | None, log: Path
+) -> dict[str, float]:
+    """Start the variant's server, warm it up, run the three requests, stop it."""
+    port = peers.free_port()
+    argv = command(server, extra, args, binary)
+    argv = [str(port) if a == "0" and argv[i - 1] == "--port" else a for i, a in enumerate(argv)]
+    proc = peers.Server(argv, log)
+    load = os.getloadavg()[0]
+    proc.start()
+    try:
+        url = f"http://127.0.0.1:{port}"
+        proc.wait_ready(url + "/v1/models")
+        stream(url, {"prompt": "Warm up.", "max_tokens": 4})
+        result: dict[str, float] = {}
+        for name, body in workloads().items():
+            for key, value in stream(url, body).items():
+                result[f"{name}_{key}"] = value
+        result["load"] = (load + os.getloadavg()[0]) / 2
+        return result
+    finally:
+        proc.stop()
+
+
+def measure(
+    args: argparse.Namespace, binary: Path | None, logs: Path, servers: list[str]
+) -> dict[str, list[dict[str, float]]]:
+    """Every variant of the given servers, ``args.reps`` times, the order rotating."""
+    variants = [v for v in VARIANTS if v[0] in servers]
+    samples: dict[str, list[dict[str, float]]] = {f"{s}:{n}": [] for s, n, _ in variants}
+    for rep in range(args.reps):
+        shift = rep % len(variants)
+        for server, name, extra in variants[shift:] + variants[:shift]:
+            label = f"{server}:{name}"
+            print(f"rep {rep + 1}: edit rows, {label}", flush=True)
+            log = logs / f"edit-{server}-{name}-{rep}.log"
+            result = measure_variant(server, extra, args, binary, log)
+            samples[label].append(result)
+            keys = ("edit_tps", "edit_tokens", "prose_tps", "code_tps", "load")
+            print("   " + ", ".join(f"{k} {result[k]:.3g}" for k in keys), flush=True)
+    return samples
+
+
+def rows(samples: dict[str, list[dict[str, float]]]) -> dict[str, list[dict[str, float]]]:
+    """The suite's per-server rows from the variants, one dict per repetition: without
+    speculation, impetus's ngram, and llama-server's best type (by its mean edit speed)."""
+    out: dict[str, list[dict[str, float]]] = {}
+    for server, plain in PLAIN.items():
+        runs = {k.split(":", 1)[1]: v for k, v in samples.items() if k.startswith(server + ":")}
+        if plain not in runs or len(runs) < 2:
+            continue
+        best = max((n for n in runs if n != plain), key=lambda n: _mean(runs[n], "edit_tps"))
+        out[server] = []
+        for off, on in zip(runs[plain], runs[best], strict=True):
+            out[server].append(
+                {
+                    "edit_plain_tps": off["edit_tps"],
+                    "edit_spec_tps": on["edit_tps"],
+                    "edit_gain_x": on["edit_tps"] / off["edit_tps"],
+                    "prose_gain_x": on["prose_tps"] / off["prose_tps"],
+                    "code_gain_x": on["code_tps"] / off["code_tps"],
+                    "edit_load": (off["load"] + on["load"]) / 2,
+                    "edit_tokens": off["edit_tokens"],
+                    f"best:{best}": 1.0,
+                }
+            )
+    return out
+
+
+def variants_table(samples: dict[str, list[dict[str, float]]]) -> str:
+    """Every variant: decode speeds of the three requests, the edit's acceptance, the load."""
+    lines = [
+        "| server: speculative setting | edit (tok/s) | edit tokens, file's lines in them "
+        "| edit drafts accepted | prose (tok/s) | novel code (tok/s) | load average |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, runs in samples.items():
+        if not runs:
+            continue
+        drafted, accepted = _mean(runs, "edit_drafted"), _mean(runs, "edit_accepted")
+        rate = f"{accepted / drafted:.0%} of {drafted:.0f}" if drafted else "-"
+        loads = [r["load"] for r in runs]
+        lines.append(
+            f"| {label} | {_cell(runs, 'edit_tps')} | {_mean(runs, 'edit_tokens'):.0f}, "
+            f"{_mean(runs, 'edit_file'):.0%} | {rate} "
+            f"| {_cell(runs, 'prose_tps')} | {_cell(runs, 'code_tps')} "
+            f"| {min(loads):.1f}-{max(loads):.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def _mean(runs: list[dict[str, float]], key: str) -> float:
+    return statistics.fmean(r[key] for r in runs) if runs else 0.0
+
+
+def _cell(runs: list[dict[str, float]], key: str) -> str:
+    values = [r[key] for r in runs]
+    sd = f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else ""
+    return f"{statistics.fmean(values):.1f}{sd}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--ctx", type=int, default=16384)
+    parser.add_argument("--streams", type=int, default=4)
+    parser.add_argument("--parallel", type=int)
+    parser.add_argument("--skip", action="append", default=[], choices=("impetus", "llama-server"))
+    parser.add_argument("--llama-server", type=Path)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    servers = [s for s in ("impetus", "llama-server") if s not in args.skip]
+    binary = args.llama_server
+    if "llama-server" in servers and binary is None:
+        from benchmarks.build_llama_cpp import build
+
+        binary = build()["llama-server"]
+    logs = Path(os.environ.get("TMPDIR", "/tmp")) / f"impetus-edit-{os.getpid()}"
+    logs.mkdir(parents=True, exist_ok=True)
+    samples = measure(args, binary, logs, servers)
+    if args.out:
+        args.out.write_text(json.dumps(samples, indent=2))
+    print(f"\nlogs: {logs}\n\n{variants_table(samples)}")
+
+
+if __name__ == "__main__":
+    main()
