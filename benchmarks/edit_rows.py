@@ -95,6 +95,19 @@ def edited_file() -> str:
     return inspect.getsource(queue)
 
 
+TITLE = "Speculative decoding, every variant (edit_rows.py; load average per variant):"
+
+
+def label_values(res: dict[str, dict[str, dict[str, float]]]) -> dict[str, Any]:
+    """What the labels name: the edit reply's tokens, llama-server's best speculative type."""
+    tokens = [r["edit_tokens"]["mean"] for r in res.values() if "edit_tokens" in r]
+    best = [k.split(":", 1)[1] for k in res.get("llama-server", {}) if k.startswith("best:")]
+    return {
+        "edit_tokens": round(statistics.fmean(tokens)) if tokens else 0,
+        "best": best[0] if best else "-",
+    }
+
+
 def edit_prompt() -> str:
     code = edited_file()
     return (

@@ -49,7 +49,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import peers, tiers_rows  # server processes and measurements; --tiers rows
+from benchmarks import edit_rows, peers, tiers_rows  # servers, measurements; --tiers, --edit
 
 ORDER = ("impetus", "llama-server", "llama-cpp-python")
 TARGETS = {  # measure -> (impetus / llama-server target, higher is better?)
@@ -64,6 +64,7 @@ TARGETS = {  # measure -> (impetus / llama-server target, higher is better?)
     "parallel_worst_ttft_s": ("-", False),
     "rss_mb": ("-", False),
     **tiers_rows.TARGETS,
+    **edit_rows.TARGETS,
 }
 LABELS = {
     "decode_tps": "decode (tok/s)",
@@ -77,6 +78,7 @@ LABELS = {
     "parallel_worst_ttft_s": "4 streams, worst TTFT (s)",
     "rss_mb": "RSS with the model loaded (MB)",
     **tiers_rows.LABELS,
+    **edit_rows.LABELS,
 }
 
 
@@ -120,7 +122,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     samples: dict[str, list[dict[str, float]]] = {s: [] for s in servers}
     idle: list[dict[str, float]] = []
     quiet = peers.Quiet(args.max_wait, args.retries)
-    for rep in range(args.reps):
+    for rep in range(0 if args.only_edit else args.reps):
         order = servers[rep % len(servers) :] + servers[: rep % len(servers)]
         if "impetus" in servers and not args.only_tiers:
             print(f"rep {rep + 1}: impetus idle start", flush=True)
@@ -138,7 +140,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 result |= quiet.run(f"{name} rep {rep + 1} tiers", tiers)
             samples[name].append(result)
             print("   " + ", ".join(f"{k} {v:.3g}" for k, v in result.items()), flush=True)
+    edits = edit_rows.measure(args, binary, logs, servers) if args.edit else {}
+    add_rows(samples, edit_rows.rows(edits))
     report = summarize(samples, idle, args, model, servers, binary)
+    report["edit_variants"] = edits
     report["elapsed_s"] = round(time.time() - started, 1)
     report["loadavg_before_after"] = [load_before, os.getloadavg()]
     report["logs"] = str(logs)
@@ -148,6 +153,19 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         [".venv/bin/python", "benchmarks/serve_vs_peers.py", *sys.argv[1:]]
     )
     return report
+
+
+def add_rows(
+    samples: dict[str, list[dict[str, float]]], rows: dict[str, list[dict[str, float]]]
+) -> None:
+    """Merge rows measured apart (edit_rows.py) into each server's repetitions."""
+    for name, runs in rows.items():
+        mine = samples.setdefault(name, [])
+        for i, row in enumerate(runs):
+            if i < len(mine):
+                mine[i] |= row
+            else:
+                mine.append(row)
 
 
 def write_section(path: Path, text: str) -> None:
@@ -188,6 +206,10 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--only-tiers", action="store_true", help="the prompt-cache rows only")
     parser.add_argument(
+        "--edit", action="store_true", help="add the speculative-decoding rows (edit_rows.py)"
+    )
+    parser.add_argument("--only-edit", action="store_true", help="the speculative rows only")
+    parser.add_argument(
         "--max-wait",
         type=float,
         default=300.0,
@@ -207,6 +229,7 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     args.chars_per_token = 0.0  # measured on the first server that reports usage
     args.tiers = args.tiers or args.only_tiers
+    args.edit = args.edit or args.only_edit
     if args.quick:
         args.reps, args.first_tokens, args.decode_tokens, args.max_wait = 1, 600, 32, 0.0
         args.deep_tokens, args.sessions = 0, 0
@@ -297,6 +320,7 @@ def markdown(report: dict[str, Any]) -> str:
         "deep_tokens": round(res_mean(res, "deep_prompt_tokens")),
         "session_tokens": round(res_mean(res, "session_prompt_tokens")),
         "streams": report["settings"]["streams"],
+        **edit_rows.label_values(res),
     }
     lines = [
         "| measure | impetus | llama-server | llama-cpp-python | impetus / llama-server "
@@ -331,7 +355,9 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{planned:.0f} = {loaded / planned:.2f}x | | | | | within 10% |"
             )
     notes = token_notes(report)
-    return "\n".join([*lines, *(["", *notes] if notes else [])])
+    edits = report.get("edit_variants") or {}
+    more = ["", edit_rows.TITLE, "", edit_rows.variants_table(edits)] if edits else []
+    return "\n".join([*lines, *(["", *notes] if notes else []), *more])
 
 
 def token_notes(report: dict[str, Any]) -> list[str]:
