@@ -316,3 +316,44 @@ def test_gemma_drafting_for_itself_replies_as_plain_decoding(
         assert final.accepted_tokens > 0.8 * final.drafted_tokens > 0
     finally:
         engine.close()
+
+
+# -- the lookup itself ----------------------------------------------------------------------
+
+
+def test_the_lookup_drafts_what_followed_the_last_tokens_and_stays_on_the_copy_it_follows() -> None:
+    from impetus_cli.runtime.engines.speculative import Lookup
+
+    source = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
+    lookup = Lookup([*source, 0, 1, 2, 3], capacity=64, ngram=3)
+    assert lookup.propose(4) == [4, 5, 6, 7] and lookup.fresh
+    for token in (4, 5, 6):  # the model took three of them, then the next token
+        lookup.append(token)
+    lookup.append(7)
+    assert lookup.propose(3) == [8, 9, 10] and not lookup.fresh  # followed, not searched
+    lookup.append(99)  # the reply leaves the copy: nothing matches its last tokens
+    assert lookup.propose(3) == [] and lookup.fresh
+
+
+def test_the_lookup_takes_the_latest_occurrence_and_repeats_a_short_loop() -> None:
+    from impetus_cli.runtime.engines.speculative import Lookup
+
+    lookup = Lookup([5, 6, 7, 1, 5, 6, 7, 2, 5, 6, 7], capacity=8, ngram=3)
+    assert lookup.propose(2) == [2, 5]  # after the later "5 6 7"
+    loop = Lookup([9, 4, 8, 4, 8, 4, 8], capacity=8, ngram=2)
+    assert loop.propose(5) == [4, 8, 4, 8, 4]  # the loop goes on past what is known
+
+
+def test_a_rejected_new_match_asks_for_a_longer_one_and_a_taken_draft_grows() -> None:
+    from impetus_cli.runtime.engines.speculative import MAX_DRAFT, NGRAM, START, Lookup, Speculation
+
+    spec = Speculation(Lookup(list(range(40)) * 2, capacity=16))
+    assert spec.lookup is not None and spec.lookup.propose(START) and spec.lookup.fresh
+    spec.by_lookup = True
+    spec.adapt(START, 0)  # rejected outright
+    assert spec.lookup.ngram == NGRAM + 2 and spec.length == START
+    spec.adapt(START, START)  # the next one taken whole
+    assert spec.length == 2 * START and spec.lookup.ngram == NGRAM + 1
+    for _ in range(10):
+        spec.adapt(spec.length, spec.length)
+    assert spec.length == MAX_DRAFT

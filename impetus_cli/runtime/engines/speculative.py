@@ -117,7 +117,6 @@ class Speculation:
     accepted: int = 0
     draft_model: bool = False  # the draft model may draft for it
     by_lookup: bool = False  # the last draft came from the lookup (else the draft model)
-    steps: int = 0  # verification steps (with a draft)
 
     def add(self, token: int) -> None:
         """A token sampled for the reply."""
@@ -127,7 +126,6 @@ class Speculation:
     def adapt(self, drafted: int, accepted: int) -> None:
         """A draft of ``drafted`` tokens was verified and its first ``accepted`` taken (the
         counters were kept as it went): the next draft's length, and the match it needs."""
-        self.steps += 1
         lookup = self.lookup
         if lookup is not None and self.by_lookup and lookup.fresh:
             if accepted == 0:
@@ -177,8 +175,7 @@ class Drafter:
         """The speculation of a new request (None when speculation is off)."""
         if not self.on:
             return None
-        lookup = Lookup(prompt, limit) if self.mode in ("ngram", "draft") else None
-        return Speculation(lookup, draft_model=self.model is not None)
+        return Speculation(Lookup(prompt, limit), draft_model=self.model is not None)
 
     def drafts(self, wants: list[Want], budget: int = MAX_STEP_DRAFTS) -> list[list[int]]:
         """A draft per want (maybe empty), within ``budget`` tokens in all: lookups first,
