@@ -1,7 +1,8 @@
 """GGUF models on llama.cpp through llama-cpp-python's low-level bindings.
 
 Why low-level: the high-level ``Llama`` class copies the logits of every token into numpy and
-samples in Python (a 262k vocabulary costs ~40% of decode speed on a small model). Here the C
+samples in Python (on a small model with a large vocabulary, a large share of decode time; see
+BENCHMARKS.md's engine table). Here the C
 sampler chain samples straight from the context, so per token Python only decodes one token and
 appends one piece of text.
 
@@ -165,7 +166,7 @@ class LlamaEngine:
         # _reuse_prefix checks that the window a kept prefix needs is still cached.
         params.swa_full = False
         # One KV buffer shared by all sequences: with a split cache, flash attention on the CPU
-        # slowed decode ~30x here with 4 sequences (2.6 vs 90 tok/s on Gemma 3 270M).
+        # made decode with several sequences many times slower (measured when this was chosen).
         params.kv_unified = True
         params.no_perf = True
         return params

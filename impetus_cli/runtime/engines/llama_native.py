@@ -123,8 +123,9 @@ class LlamaContext:
 
 class Sampler:
     """One request's C sampler chain. A grammar is kept out of the chain and checked only on
-    the token the chain picked (llama.cpp's own server does the same): applying it to a 262k
-    vocabulary first costs ~0.1 s per token; the full pass runs only when the pick is rejected."""
+    the token the chain picked (llama.cpp's own server does the same): applying it to every
+    token of a large vocabulary first is slow; the full pass runs only when the pick is
+    rejected."""
 
     def __init__(
         self, lib: Any, vocab: Any, n_vocab: int, s: SamplingParams, prompt: Sequence[int]

@@ -21,8 +21,8 @@ sliding-window layers' cells (``LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY``, as llama-s
 checkpoints), put back over the full-attention layers' cells, which are still there.
 
 A third use of the same room: parking. In the unified KV cache, every micro-batch of a prompt
-attends over all occupied cells, the other conversations' too (masked out, but still visited:
-~8 ns per new token per cached cell here, +9% on a 2k-token prompt beside 12k cached cells).
+attends over all occupied cells, the other conversations' too (masked out, but still visited;
+BENCHMARKS.md measures what that costs a prompt, with benchmarks/idle_cells.py).
 So when a request is about to evaluate a long prompt, the idle sequences are copied out and
 cleared, as llama-server does with its idle slots; their slots keep their tokens, and the state
 is put back when a request continues one of them. A sequence is parked only into free room.
