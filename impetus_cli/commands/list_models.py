@@ -54,6 +54,7 @@ def list_models(as_json: JsonOpt = False, remote: RemoteOpt = False, url: UrlOpt
                     "size_bytes": m.size_bytes,
                     "context_length": m.context_length,
                     "origin": m.origin,
+                    "base_model": m.base_model,
                     "path": str(m.path),
                     "last_used": m.last_used,
                 }
@@ -78,7 +79,7 @@ def list_models(as_json: JsonOpt = False, remote: RemoteOpt = False, url: UrlOpt
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for m in models:
         table.add_row(
-            m.name,
+            f"{m.name} [dim](base model)[/]" if m.base_model else m.name,
             m.format,
             m.quantization or "-",
             m.parameters or "-",
@@ -92,6 +93,11 @@ def list_models(as_json: JsonOpt = False, remote: RemoteOpt = False, url: UrlOpt
         err_console().print(
             f"[yellow]{len(listing.skipped)} model file(s) could not be read and are not listed"
             "[/]: `impetus doctor` says which and why."
+        )
+    if any(m.base_model for m in models):
+        err_console().print(
+            "[dim]A base model continues text but does not follow chat turns: use it for "
+            "completion and wiring; pull an instruct model for chat and agents.[/]"
         )
 
 

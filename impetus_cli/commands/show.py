@@ -78,6 +78,13 @@ def show(
             "chat template",
             "in the file" if info.chat_template else "none: a built-in one for the architecture",
         ),
+        (
+            "kind",
+            "base model: continues text, does not follow chat turns (pull an instruct model "
+            "for chat and agents)"
+            if info.base_model
+            else "tuned for chat or instructions",
+        ),
         ("size on disk", human_bytes(info.file_bytes)),
         ("planned context", f"{plan.n_ctx} x {plan.n_parallel} sequences"),
         (

@@ -182,8 +182,19 @@ def _manifest(
         sha256=repo.hashes.get(choice.files[0]) if gguf else None,
         created=time.time(),
         owned_files=created,
+        base_model=_is_base(path),
     )
     return model
+
+
+def _is_base(path: Path) -> bool | None:
+    """Whether the pulled files are a base model (recorded, so `list` needs no file read)."""
+    from impetus_cli.runtime.inspect import inspect_model
+
+    try:
+        return inspect_model(path).base_model
+    except (ImpetusError, OSError, ValueError):
+        return None
 
 
 def pull(

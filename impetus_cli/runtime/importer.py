@@ -169,6 +169,7 @@ def import_model(
         filename=path.name if fmt == "gguf" else None,
         created=time.time(),
         owned_files=owned,
+        base_model=_is_base(path),
     )
     store.add(model)
     return model
@@ -190,3 +191,13 @@ def _check_free(store: Store, name: str, path: Path, *, explicit: bool) -> None:
                 f"{path} is already available as {model.name}.",
                 f"Use that name (impetus chat {model.name}), or give it your own with --name.",
             )
+
+
+def _is_base(path: Path) -> bool | None:
+    """Whether the files are a base model (recorded, so `list` needs no file read)."""
+    from impetus_cli.runtime.inspect import inspect_model
+
+    try:
+        return inspect_model(path).base_model
+    except (ImpetusError, OSError, ValueError):
+        return None

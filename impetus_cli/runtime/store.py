@@ -89,6 +89,7 @@ def builtin_model(settings: Settings) -> LocalModel | None:
         parameters="270M",
         context_length=32768,
         sha256=pkg.EXPECTED_SHA256,
+        base_model=True,  # the pretrained Gemma 3 270M: no chat template, no instruct tag
     )
 
 

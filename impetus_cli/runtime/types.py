@@ -117,6 +117,9 @@ class LocalModel:
     last_used: float | None = None
     # Files only we reference (removed by `impetus rm`); empty for other tools' models.
     owned_files: tuple[Path, ...] = ()
+    # A pretrained model that does not follow chat turns (ModelInfo.base_model), recorded when
+    # it was pulled or imported; None when not known without reading the file.
+    base_model: bool | None = None
 
 
 @dataclass(frozen=True)
