@@ -17,13 +17,18 @@ pytest.importorskip("llama_cpp")
 
 
 def test_pull_and_remove_go_through_the_watched_server(fake_hub: FakeHub, tmp_path: Path) -> None:
+    seen: list[tuple[int, int]] = []
+
+    def progress(done: int, total: int) -> None:
+        seen.append((done, total))
+
     for url, settings in _serve():
         data = gguf_bytes(tmp_path)
         publish(fake_hub, NAME, settings, data)
         client = ImpetusClient(url)
         actions = local_actions(load_settings(), client)
-        seen: list[tuple[int, int]] = []
-        assert actions.pull(NAME, lambda done, total: seen.append((done, total))) == NAME
+        seen.clear()
+        assert actions.pull(NAME, progress) == NAME
         assert seen and seen[-1][0] == seen[-1][1] == len(data)
         assert NAME in [m["id"] for m in client.models()]
         actions.remove(NAME)
