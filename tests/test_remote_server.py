@@ -226,6 +226,14 @@ def test_an_unknown_remote_model_is_a_404_listing_what_it_serves(proxy: str) -> 
     assert "up/tiny" in caught.value.message
 
 
+def test_loading_a_remote_model_by_hand_says_it_loads_on_its_own_server(proxy: str) -> None:
+    headers = {"Authorization": f"Bearer {LOCAL_KEY}"}
+    for path in ("/impetus/load", "/impetus/unload"):
+        status, _, body = raw_post(proxy, path, {"model": "up/tiny"}, headers)
+        assert status == 400, body
+        assert "runs on a remote engine" in json.loads(body)["error"]["message"]
+
+
 def test_local_auth_applies_to_remote_models(proxy: str) -> None:
     body = {"model": "up/tiny", "messages": ASK, "max_tokens": 4}
     status, _, _ = raw_post(proxy, "/v1/chat/completions", body)

@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from impetus_cli import __version__
-from impetus_cli.errors import Overloaded
+from impetus_cli.errors import ImpetusError, Overloaded
 from impetus_cli.runtime.metrics import tier_gauges
 from impetus_cli.server.http import blocking, client_gone, json_response, read_json
 from impetus_cli.server.keys import MANAGER, STARTED, STOPPING, SUBSCRIBERS
@@ -109,8 +109,20 @@ def _load_body(body: Any) -> tuple[str, bool, float | None]:
     return model_id(body), flag(body, "pin"), keep_alive(body)
 
 
+def _local(request: web.Request, name: str, verb: str) -> str:
+    """A remote engine's model loads and unloads on its own server, not through this one."""
+    if request.app[MANAGER].remotes.owns(name):
+        raise ImpetusError(
+            f"{name} runs on a remote engine: it {verb} there, not on this server.",
+            "Send requests to it as they are; its server decides what stays loaded.",
+            param="model",
+        )
+    return name
+
+
 async def load(request: web.Request) -> web.Response:
     name, pin, keep = await read_json(request, _load_body)
+    _local(request, name, "loads")
     plan = await blocking(request, request.app[MANAGER].load, name, pin=pin, keep_alive=keep)
     return json_response(
         {
@@ -126,6 +138,7 @@ async def load(request: web.Request) -> web.Response:
 
 async def unload(request: web.Request) -> web.Response:
     name = await read_json(request, lambda body: model_id(obj(body, "body")))
+    _local(request, name, "unloads")
     done = await blocking(request, request.app[MANAGER].unload, name)
     return json_response({"model": name, "unloaded": done})
 
