@@ -84,10 +84,12 @@ class ImpetusClient:
         return self._json("POST", "/impetus/unload", {"model": name})
 
     def pull(self, name: str, progress: Callable[[int, int], None]) -> str:
-        """Pull on the server (its /api/pull, streamed): ``progress(done, total)`` per line;
+        """Pull on the server (its /impetus/pull, streamed): ``progress(done, total)`` per line;
         the name pulled, or the server's error raised."""
         done: dict[str, tuple[int, int]] = {}
-        with self._request("POST", "/api/pull", {"model": name, "stream": True}, timeout=600) as r:
+        with self._request(
+            "POST", "/impetus/pull", {"model": name, "stream": True}, timeout=600
+        ) as r:
             for raw in r:
                 event = json.loads(raw or b"{}")
                 if event.get("error"):
@@ -98,8 +100,8 @@ class ImpetusClient:
         return name
 
     def remove(self, name: str) -> None:
-        """Remove a pulled model on the server (its /api/delete)."""
-        self._request("DELETE", "/api/delete", {"model": name}).close()
+        """Remove a pulled model on the server (its /impetus/rm)."""
+        self._request("POST", "/impetus/rm", {"model": name}).close()
 
     def _sse(self, path: str, body: Any = None, method: str = "POST") -> Iterator[dict[str, Any]]:
         with self._request(method, path, body) as reply:

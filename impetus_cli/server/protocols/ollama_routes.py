@@ -237,4 +237,7 @@ ROUTES = {
     ("POST", "/api/pull"): pull,
     ("DELETE", "/api/delete"): delete,
     ("POST", "/api/copy"): copy,
+    # Impetus's own names for the same two verbs (`impetus tui --url` acts through them).
+    ("POST", "/impetus/pull"): pull,
+    ("POST", "/impetus/rm"): delete,
 }
