@@ -330,7 +330,9 @@ def test_the_server_survives_a_worker_killed_mid_stream(
     from tests.fixtures.servers import Registry, server_settings, start_server
 
     endpoints = tuple(w.endpoint for w in two_workers)
-    settings = server_settings(rpc=endpoints, memory_budget=GB)  # an even three-way split
+    # An even three-way split; no RAM prompt-cache tier nor speculation, which this machine
+    # would hold beside its part (the plan counts them: planned_bytes is then the part alone).
+    settings = server_settings(rpc=endpoints, memory_budget=GB, cache_ram=0, speculative="off")
     manager = ModelManager(settings, store=Registry({"tiny-split": tiny6}), allow_paths=False)
     with start_server(manager, settings) as url:
         client = openai.OpenAI(base_url=url + "/v1", api_key="sk-any", max_retries=0)
