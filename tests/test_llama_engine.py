@@ -12,7 +12,7 @@ import pytest
 
 from impetus_cli.errors import ContextLengthExceeded, CorruptModel
 from impetus_cli.runtime.inspect import inspect_model
-from impetus_cli.runtime.types import ChatMessage, GenerationChunk, SamplingParams
+from impetus_cli.runtime.types import ChatMessage, Dry, GenerationChunk, SamplingParams
 from tests.fixtures.tiny_models import make_plan, write_tiny_gguf
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
@@ -102,6 +102,32 @@ def test_logit_bias_and_penalties_steer_the_c_sampler(tiny_gguf_engine: Any) -> 
         max_tokens=6, temperature=0, logit_bias={the: 5.0}, repeat_penalty=1e6
     )
     assert text_of(run(tiny_gguf_engine, tokens, penalised)).count(" the") <= 1
+
+
+def test_dry_stops_a_repeat_that_a_bias_would_keep(tiny_gguf_engine: Any) -> None:
+    the = tiny_gguf_engine.tokenize("the", special=False)[-1]
+    tokens = chat_tokens(tiny_gguf_engine, "dry")
+    looping = SamplingParams(max_tokens=12, temperature=0, logit_bias={the: 20.0})
+    assert text_of(run(tiny_gguf_engine, tokens, looping)) == " the" * 12
+    # DRY's penalty grows with the repeat's length until it outweighs the bias.
+    dry = SamplingParams(
+        max_tokens=12, temperature=0, logit_bias={the: 20.0}, dry=Dry(multiplier=5.0)
+    )
+    assert text_of(run(tiny_gguf_engine, tokens, dry)).count(" the") < 12
+
+
+def test_typical_sampling_narrows_the_choice(tiny_gguf_engine: Any) -> None:
+    tokens = chat_tokens(tiny_gguf_engine, "typical")
+
+    def sample(seed: int, typical_p: float) -> str:
+        params = SamplingParams(
+            max_tokens=24, temperature=1.5, top_k=0, min_p=0.0, seed=seed, typical_p=typical_p
+        )
+        return text_of(run(tiny_gguf_engine, tokens, params))
+
+    assert sample(1, 1.0) != sample(2, 1.0)
+    # Keeping only the most typical token leaves the seed nothing to choose.
+    assert sample(1, 1e-6) == sample(2, 1e-6)
 
 
 def test_running_out_of_context_ends_with_length(tiny_gguf_engine: Any) -> None:

@@ -43,7 +43,8 @@ def fuzzed() -> list[tuple[str, bytes]]:
                 + b"}",
             )
         )
-    for key in ("model", "temperature", "stop", "messages", "tools", "max_tokens"):
+    keys = ("model", "temperature", "stop", "messages", "tools", "max_tokens", "typical_p")
+    for key in (*keys, "n_probs", "dry_multiplier", "dry_base", "dry_sequence_breakers"):
         for value in (None, [], {}, "", -1, 1e400 if False else 1.7e308, True):
             cases.append((f"{key}={value!r}", json.dumps({**VALID, key: value}).encode()))
     cases.append(

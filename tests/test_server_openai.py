@@ -373,6 +373,25 @@ def test_chat_logprobs_streamed_and_not(tiny_server: str) -> None:
     assert [len(e.top_logprobs) for e in streamed] == [3] * len(content)
 
 
+def test_llama_server_sampling_extensions(tiny_server: str) -> None:
+    # n_probs, as llama-server's clients ask for alternatives.
+    ask = {"model": "tiny", "prompt": "the", "max_tokens": 3, "temperature": 0, "n_probs": 2}
+    status, _, raw = raw_post(tiny_server, "/v1/completions", ask)
+    assert status == 200, raw
+    tops = json.loads(raw)["choices"][0]["logprobs"]["top_logprobs"]
+    assert tops and all(len(top) == 2 for top in tops)
+    chat = {"model": "tiny", "messages": [{"role": "user", "content": "dry"}], "max_tokens": 4}
+    dry = {"dry_multiplier": 0.8, "dry_base": 1.75, "dry_allowed_length": 2}
+    dry |= {"dry_penalty_last_n": -1, "dry_sequence_breakers": ["\n", ":"], "typical_p": 0.9}
+    status, _, raw = raw_post(tiny_server, "/v1/chat/completions", {**chat, **dry})
+    assert status == 200, raw
+    for wrong in ({"dry_sequence_breakers": "\n"}, {"dry_base": 0.5}, {"typical_p": 2}):
+        status, _, raw = raw_post(
+            tiny_server, "/v1/chat/completions", {**chat, "dry_multiplier": 1, **wrong}
+        )
+        assert status == 400 and json.loads(raw)["error"]["param"] == next(iter(wrong)), raw
+
+
 def test_chat_logprobs_without_top_logprobs_list_no_alternatives(tiny_server: str) -> None:
     reply = client(tiny_server).chat.completions.create(
         model="tiny",

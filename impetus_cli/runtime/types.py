@@ -258,6 +258,20 @@ class SpecialText:
 
 
 @dataclass(frozen=True)
+class Dry:
+    """DRY ("don't repeat yourself"), llama.cpp's sampler against repeated sequences: a token
+    that would extend a repeat longer than ``allowed_length`` is penalized by
+    ``multiplier * base ** (length - allowed_length)``; ``breakers`` end a sequence. The
+    defaults are llama-server's (``last_n`` -1: the whole context)."""
+
+    multiplier: float
+    base: float = 1.75
+    allowed_length: int = 2
+    last_n: int = -1
+    breakers: tuple[str, ...] = ("\n", ":", '"', "*")
+
+
+@dataclass(frozen=True)
 class SamplingParams:
     """Sampling settings; the defaults follow llama.cpp's server."""
 
@@ -267,6 +281,8 @@ class SamplingParams:
     top_k: int = 40
     min_p: float = 0.05
     repeat_penalty: float = 1.0
+    typical_p: float = 1.0  # locally typical sampling; 1.0 is off
+    dry: Dry | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     seed: int | None = None

@@ -60,7 +60,7 @@ class Request(Pending):
 def greedy_alone(s: SamplingParams) -> bool:
     """Whether the sampler chain of ``s`` is the greedy sampler alone (llama_native.Sampler)."""
     penalties = s.repeat_penalty != 1.0 or s.frequency_penalty or s.presence_penalty
-    return s.temperature <= 0 and not (s.grammar or s.logit_bias or penalties)
+    return s.temperature <= 0 and not (s.grammar or s.logit_bias or penalties or s.dry)
 
 
 # A step: each request with the tokens it added, the batch index of its first logits (-1: none)
@@ -118,7 +118,10 @@ class Scheduler(Worker[Request]):
         r.stops = StopMatcher(r.sampling.stop)
         try:
             llama = self.llama
-            r.sampler = Sampler(llama.lib, llama.vocab, llama.n_vocab, r.sampling, r.tokens)
+            context = len(r.tokens) + r.limit
+            r.sampler = Sampler(
+                llama.lib, llama.vocab, llama.n_vocab, r.sampling, r.tokens, context
+            )
         except ImpetusError as exc:
             self._release(r)
             r.out.put(exc)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from impetus_cli.errors import EngineError, ImpetusError
-from impetus_cli.runtime.types import SamplingParams
+from impetus_cli.runtime.types import Dry, SamplingParams
 
 _LOG_CALLBACK: Any = None  # keeps the ctypes callback alive for the life of the process
 RECENT_ERRORS: collections.deque[str] = collections.deque(maxlen=8)  # for load error messages
@@ -128,8 +128,15 @@ class Sampler:
     rejected."""
 
     def __init__(
-        self, lib: Any, vocab: Any, n_vocab: int, s: SamplingParams, prompt: Sequence[int]
+        self,
+        lib: Any,
+        vocab: Any,
+        n_vocab: int,
+        s: SamplingParams,
+        prompt: Sequence[int],
+        context: int = 0,
     ):
+        """``context``: the most tokens the sequence can reach (DRY's window of -1)."""
         self.lib, self.n_vocab = lib, n_vocab
         self.chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
         self.grammar: Any = None
@@ -154,10 +161,14 @@ class Sampler:
             for token in prompt[-64:]:  # the penalty window sees the end of the prompt
                 lib.llama_sampler_accept(pen, token)
             add(pen)
+        if s.dry and s.dry.multiplier:
+            add(self._dry(vocab, s.dry, prompt, context))
         if s.temperature <= 0:
             add(lib.llama_sampler_init_greedy())
         else:
             add(lib.llama_sampler_init_top_k(s.top_k))
+            if s.typical_p < 1.0:
+                add(lib.llama_sampler_init_typical(s.typical_p, 1))
             add(lib.llama_sampler_init_top_p(s.top_p, 1))
             add(lib.llama_sampler_init_min_p(s.min_p, 1))
             add(lib.llama_sampler_init_temp(s.temperature))
@@ -166,6 +177,21 @@ class Sampler:
         self.logit_bias = dict(s.logit_bias or {})
         self._one = (lib.llama_token_data * 1)()
         self._one_arr = lib.llama_token_data_array(self._one, 1, -1, False)
+
+    def _dry(self, vocab: Any, dry: Dry, prompt: Sequence[int], context: int) -> Any:
+        """llama.cpp's DRY sampler (llama-server's order: after the penalties), having seen the
+        end of the prompt, as the penalties have."""
+        last_n = dry.last_n if dry.last_n >= 0 else max(context, len(prompt))
+        breakers = (ctypes.c_char_p * max(1, len(dry.breakers)))(
+            *(b.encode() for b in dry.breakers)
+        )
+        smpl = self.lib.llama_sampler_init_dry(
+            vocab, dry.multiplier, dry.base, dry.allowed_length, last_n, breakers,
+            len(dry.breakers),
+        )  # fmt: skip
+        for token in prompt[-last_n:] if last_n else ():
+            self.lib.llama_sampler_accept(smpl, token)
+        return smpl
 
     def sample(self, ctx: Any, index: int = -1) -> int:
         """The chain's pick from the logits of batch position ``index`` (-1: the last)."""

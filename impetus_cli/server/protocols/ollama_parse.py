@@ -104,6 +104,7 @@ def sampling(body: Mapping[str, Any], logprobs: int | None = None) -> SamplingPa
         top_k=d.top_k if top_k is None else top_k,
         min_p=num("min_p", 0, 1, d.min_p),
         repeat_penalty=repeat,
+        typical_p=num("typical_p", 0, 1, 1.0) or 1.0,
         presence_penalty=num("presence_penalty", -2, 2, 0.0),
         frequency_penalty=num("frequency_penalty", -2, 2, 0.0),
         seed=None if seed is None or seed < 0 else seed,  # Ollama: -1 is "random"

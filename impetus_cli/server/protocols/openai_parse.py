@@ -19,6 +19,7 @@ from impetus_cli.runtime.types import (
     ChatMessage,
     ChatRequest,
     CompletionRequest,
+    Dry,
     Reasoning,
     SamplingParams,
     ToolCall,
@@ -53,7 +54,11 @@ DATA_URL = re.compile(
 
 def _logprobs(body: Mapping[str, Any], legacy: bool) -> int | None:
     """How many alternatives per token to report, or None for no logprobs. Chat asks with
-    ``logprobs: true`` + ``top_logprobs: N``; the legacy completions API with ``logprobs: N``."""
+    ``logprobs: true`` + ``top_logprobs: N``; the legacy completions API with ``logprobs: N``;
+    llama-server's clients with ``n_probs: N`` (N > 0), where neither is given."""
+    n_probs = integer(body, "n_probs", 0, 20)
+    if body.get("logprobs") is None and n_probs:
+        return n_probs
     if legacy:
         return integer(body, "logprobs", 0, 20)
     asked = body.get("logprobs")
@@ -81,6 +86,8 @@ def sampling(body: Mapping[str, Any], *, legacy: bool = False) -> SamplingParams
         top_k=top_k if top_k is not None else defaults.top_k,
         min_p=number(body, "min_p", 0, 1, defaults.min_p) or 0.0,
         repeat_penalty=number(body, "repeat_penalty", 0.01, 10, 1.0) or 1.0,
+        typical_p=number(body, "typical_p", 0, 1, 1.0) or 1.0,
+        dry=_dry(body),
         presence_penalty=number(body, "presence_penalty", -2, 2, 0.0) or 0.0,
         frequency_penalty=number(body, "frequency_penalty", -2, 2, 0.0) or 0.0,
         seed=seed,
@@ -89,6 +96,32 @@ def sampling(body: Mapping[str, Any], *, legacy: bool = False) -> SamplingParams
         logprobs=_logprobs(body, legacy),
         ignore_eos=flag(body, "ignore_eos"),
         grammar=_grammar(body),
+    )
+
+
+def _dry(body: Mapping[str, Any]) -> Dry | None:
+    """llama-server's DRY fields; off unless ``dry_multiplier`` is above 0."""
+    multiplier = number(body, "dry_multiplier", 0, 100, 0.0)
+    if not multiplier:
+        return None
+    breakers = body.get("dry_sequence_breakers", Dry.breakers)
+    if not isinstance(breakers, list | tuple) or len(breakers) > 32:
+        raise bad(
+            "'dry_sequence_breakers' must be a list of up to 32 strings.", "dry_sequence_breakers"
+        )
+    if not all(isinstance(b, str) and 0 < len(b) <= 64 for b in breakers):
+        raise bad(
+            "Each DRY sequence breaker must be a string of 1 to 64 characters.",
+            "dry_sequence_breakers",
+        )
+    allowed = integer(body, "dry_allowed_length", 0, 1000)
+    last_n = integer(body, "dry_penalty_last_n", -1, 10_000_000)
+    return Dry(
+        multiplier,
+        base=number(body, "dry_base", 1, 100, Dry.base) or Dry.base,
+        allowed_length=Dry.allowed_length if allowed is None else allowed,
+        last_n=Dry.last_n if last_n is None else last_n,
+        breakers=tuple(breakers),
     )
 
 
