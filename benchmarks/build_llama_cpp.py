@@ -1,9 +1,11 @@
 """Build llama.cpp's `llama-bench` and `llama-server` from the source vendored in the
 llama-cpp-python sdist of the installed version, into ~/.cache/impetus-bench (outside the repo).
 
-Same source and the same CPU flags as llama-cpp-python's own source build (GGML_NATIVE, OpenMP,
-llamafile kernels, CPU repack: ggml's defaults, which llama-cpp-python keeps on Linux), so a
-comparison measures our Python layer, not a different llama.cpp. Idempotent: when both binaries
+Same source and the same CPU flags as `scripts/setup.sh` builds llama-cpp-python with (OpenMP,
+llamafile kernels, CPU repack: ggml's defaults; -march=native, except on x86-64 Linux, where
+setup.sh names this CPU's vector extensions and leaves AMX out, whose kernels crashed on Q4_K
+models: the binaries then go to `build-noamx/`), so a comparison measures our Python layer, not
+a different llama.cpp. Idempotent: when both binaries
 exist it only prints where they are. The flags used are recorded in `build-info.json` next to them.
 
     .venv/bin/python benchmarks/build_llama_cpp.py [--jobs 2] [--rebuild]
@@ -30,7 +32,7 @@ TARGETS = ("llama-bench", "llama-server")
 # rather than passed, so an unused -D never hides a misconfiguration.
 WANTED = {
     "CMAKE_BUILD_TYPE": "Release",
-    "GGML_NATIVE": "ON",  # -march=native, as llama-cpp-python's Linux source build
+    "GGML_NATIVE": "ON",  # -march=native, as llama-cpp-python's source build (but see wanted())
     "LLAMA_CURL": "OFF",
     "LLAMA_BUILD_TESTS": "OFF",
     "LLAMA_BUILD_EXAMPLES": "OFF",
@@ -39,6 +41,37 @@ WANTED = {
 }
 # Not options: CMake itself knows these.
 CMAKE_BUILTINS = {"CMAKE_BUILD_TYPE"}
+
+
+# scripts/setup.sh's x86_flags(): /proc/cpuinfo flag -> ggml option
+X86_FEATURES = {
+    "avx": "AVX",
+    "avx2": "AVX2",
+    "fma": "FMA",
+    "f16c": "F16C",
+    "bmi2": "BMI2",
+    "avx_vnni": "AVX_VNNI",
+    "avx512f": "AVX512",
+    "avx512vbmi": "AVX512_VBMI",
+    "avx512_vnni": "AVX512_VNNI",
+    "avx512_bf16": "AVX512_BF16",
+}
+
+
+def x86_linux() -> bool:
+    return sys.platform == "linux" and os.uname().machine == "x86_64"
+
+
+def wanted() -> dict[str, str]:
+    """WANTED, with setup.sh's x86-64 Linux flags in place of -march=native there."""
+    if not x86_linux():
+        return dict(WANTED)
+    text = Path("/proc/cpuinfo").read_text()
+    cpu = set(next(ln for ln in text.splitlines() if ln.startswith("flags")).split(":")[1].split())
+    out = {**WANTED, "GGML_NATIVE": "OFF"}
+    out |= {f"GGML_AMX_{k}": "OFF" for k in ("TILE", "INT8", "BF16")}
+    out |= {f"GGML_{opt}": "ON" for flag, opt in X86_FEATURES.items() if flag in cpu}
+    return out
 
 
 def installed_version() -> str:
@@ -55,8 +88,12 @@ def build_dir() -> Path:
     return CACHE / f"llama.cpp-{installed_version()}"
 
 
+def out_dir() -> Path:
+    return build_dir() / ("build-noamx" if x86_linux() else "build")
+
+
 def binaries() -> dict[str, Path]:
-    return {t: build_dir() / "build" / "bin" / t for t in TARGETS}
+    return {t: out_dir() / "bin" / t for t in TARGETS}
 
 
 def fetch_source() -> Path:
@@ -89,8 +126,9 @@ def known_options(source: Path) -> set[str]:
 def cmake_flags(source: Path) -> tuple[list[str], list[str]]:
     """(-D flags to pass, names dropped because this llama.cpp does not know them)."""
     known = known_options(source) | CMAKE_BUILTINS
-    flags = [f"-D{k}={v}" for k, v in WANTED.items() if k in known]
-    return flags, [k for k in WANTED if k not in known]
+    asked = wanted()
+    flags = [f"-D{k}={v}" for k, v in asked.items() if k in known]
+    return flags, [k for k in asked if k not in known]
 
 
 def cache_entries(build: Path) -> dict[str, str]:
@@ -133,7 +171,7 @@ def python_system_info() -> str:
 
 def build(jobs: int = 2, rebuild: bool = False) -> dict[str, Path]:
     bins = binaries()
-    out = build_dir() / "build"
+    out = out_dir()
     if all(p.exists() for p in bins.values()) and not rebuild:
         if not (out / "bin" / "build-info.json").exists() and (out / "CMakeCache.txt").exists():
             record(out, *cmake_flags(fetch_source()))  # built before the record existed

@@ -1,6 +1,8 @@
 """A server killed with kill -9 loses nothing (issue 13 §7).
 
-Runs `impetus serve --prompt-cache` on the built-in model in a fresh IMPETUS_HOME, over and over:
+Registers the built-in model's file under a name of its own (`impetus import`, which writes a
+manifest that the server then rewrites with each model's last-used time) and runs
+`impetus serve --prompt-cache` on it in a fresh IMPETUS_HOME, over and over:
 a few conversations (so the prompt cache has entries to keep), an unload (which writes the
 cache to disk), and a SIGKILL at a random moment of that work. After each kill it checks what
 the issue asks: every manifest still reads, and no prompt-cache entry on disk is half-written
@@ -8,7 +10,7 @@ the issue asks: every manifest still reads, and no prompt-cache entry on disk is
 the next start deletes). The pull side (a pull killed with kill -9 resumes to identical bytes)
 is tests/test_pull_faults.py. Usage:
 
-    .venv/bin/python benchmarks/faults.py [--cycles 10] [--model gemma3:270m] [--json]
+    .venv/bin/python benchmarks/faults.py [--cycles 10] [--json]
 """
 
 from __future__ import annotations
@@ -125,6 +127,20 @@ def cycle(home: Path, model: str, seed: int) -> dict[str, Any]:
     return {"seed": seed, "killed_after_s": round(delay, 1), **check(home)}
 
 
+def register(home: Path, name: str) -> None:
+    """The built-in model's file under ``name``, with a manifest of ours."""
+    from impetus_cli.runtime.config import load_settings
+    from impetus_cli.runtime.store import builtin_model, ensure_builtin_file
+
+    builtin = builtin_model(load_settings())
+    if builtin is None:
+        raise SystemExit("the built-in model's package is not installed (make setup)")
+    path = ensure_builtin_file(builtin)
+    env = {**os.environ, "IMPETUS_HOME": str(home)}
+    argv = [sys.executable, "-m", "impetus_cli", "import", str(path), "--name", name]
+    subprocess.run(argv, env=env, check=True, capture_output=True)
+
+
 def _quiet(fn: Any, *args: Any) -> None:
     with contextlib.suppress(OSError, http.client.HTTPException):  # killed under it
         fn(*args)
@@ -133,11 +149,12 @@ def _quiet(fn: Any, *args: Any) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cycles", type=int, default=10)
-    parser.add_argument("--model", default="gemma3:270m")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    args.model = "faults-gemma"
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
+        register(home, args.model)
         rows = [cycle(home, args.model, seed) for seed in range(args.cycles)]
         final = check(home)
         proc, port = start(home, args.model)  # loading the model scans its cache and tidies it

@@ -121,6 +121,9 @@ def test_bench_cli_saves_runs_and_shows_history(tiny_gguf: Path, impetus_home: P
     assert history.exit_code == 0 and "tg t/s" in history.output
     csv = runner.invoke(app, ["bench", str(tiny_gguf), "-p", "16", "-n", "4", "-r", "1", "--csv"])
     assert csv.stdout.splitlines()[0].startswith("model,backend,test,mean_tps")
+    # The prompt cache is on by default, but the bench neither keeps nor restores its prompts
+    # (they repeat from run to run: a restored one would read as a slow prefill).
+    assert not list((impetus_home / "prompt-cache").rglob("*.*"))
 
 
 def test_agent_benchmark_against_a_real_server(tiny_server: str) -> None:

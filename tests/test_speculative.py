@@ -7,8 +7,9 @@ verification keeps and drops drafts on a real context; the real Gemma 3 270M cop
 from its prompt, where the n-gram lookup guesses most of the reply. Equality is exact on the
 tiny model. On Gemma, llama.cpp's numbers depend slightly on how tokens are batched (a
 prompt evaluated in one batch and the same tokens decoded one by one differ in the second
-decimal of a logprob), which past its 512-token sliding window can flip a near tie; Gemma's
-tests stay inside the window, where the reply is the same text.
+decimal of a logprob, and by more at some positions), which can flip a close choice; Gemma's
+tests stay inside its 512-token sliding window and check a parting against the same context
+evaluated in one batch.
 """
 
 from __future__ import annotations
@@ -267,16 +268,29 @@ def gemma_plain(gemma_gguf: Path) -> Any:
     engine.close()
 
 
-def test_gemma_copying_its_prompt_takes_most_drafts_and_replies_as_plain_decoding(
+def test_gemma_copying_its_prompt_takes_most_drafts_and_replies_as_plain_decoding_does(
     gemma_gguf: Path, gemma_plain: Any
 ) -> None:
+    """The reply is plain decoding's, or differs where llama.cpp's rounding decides: drafts
+    are verified in batches, and its quantized kernels round a batch differently from one
+    token at a time (see the module docstring). Where the two replies part, the speculative
+    token must be what the same context gives when evaluated as one batch."""
     engine = load(gemma_gguf, "ngram", n_ctx=1024)
     try:
         prompt = list(gemma_plain.tokenize(COPY))
         sampling = SamplingParams(max_tokens=120, temperature=0)
         assert len(prompt) + 120 < 512  # inside the sliding window (see the module docstring)
         expected, got = run(gemma_plain, prompt, sampling), run(engine, prompt, sampling)
-        assert text(got) == text(expected) and "def reply_budget" in text(got)
+        plain, spec = ids(expected), ids(got)
+        first = next((i for i, (a, b) in enumerate(zip(plain, spec)) if a != b), None)
+        if first is not None:
+            fresh = load(gemma_gguf, "off", n_ctx=1024)  # nothing cached: one batch
+            try:
+                once = run(fresh, prompt + plain[:first], replace(sampling, max_tokens=1))
+            finally:
+                fresh.close()
+            assert ids(once) == [spec[first]], first
+        assert "def reply_budget" in text(got)
         final = got[-1]
         assert final.accepted_tokens > final.completion_tokens // 2
         assert final.accepted_tokens > 0.6 * final.drafted_tokens

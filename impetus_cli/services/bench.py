@@ -84,6 +84,9 @@ def bench_one(
 
     plan, info, hw = manager.plan(local.name), manager.info(local), detect()
     progress = lambda test, rep, total: step(local.name, test, rep, total)  # noqa: E731
+    # Nothing restored from the prompt cache's tiers: the random prompts repeat from one run to
+    # the next (seeded), and a prompt restored from disk would read as a slow prefill.
+    plan = replace(plan, prompt_cache_dir=None, cache_ram_bytes=0, cache_disk_bytes=0)
     # pp and tg decode as llama-bench does, without speculation; the edit test runs both ways.
     plain = replace(plan, speculative="off", draft=None, draft_bytes=0)
     step(local.name, "loading", 0, 0)

@@ -181,7 +181,8 @@ class Sampler:
     def _dry(self, vocab: Any, dry: Dry, prompt: Sequence[int], context: int) -> Any:
         """llama.cpp's DRY sampler (llama-server's order: after the penalties), having seen the
         end of the prompt, as the penalties have."""
-        last_n = dry.last_n if dry.last_n >= 0 else max(context, len(prompt))
+        reach = max(context, len(prompt))  # no window beyond what the sequence can hold
+        last_n = reach if dry.last_n < 0 else min(dry.last_n, reach)
         breakers = (ctypes.c_char_p * max(1, len(dry.breakers)))(
             *(b.encode() for b in dry.breakers)
         )

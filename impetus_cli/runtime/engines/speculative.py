@@ -18,7 +18,8 @@ proposes the drafts:
   vocabulary generates the draft greedily; used where the lookup finds nothing.
 
 How many tokens to draft adapts per request (``Speculation``): a draft that was taken whole
-doubles the next one, a rejected one shrinks it. Drafting costs a verification of every draft
+doubles the next one, a rejected one shrinks it, and a copy whose source has agreed with the
+text for many tokens drafts that far at once (up to MAX_DRAFT). Drafting costs a verification of every draft
 token, which on a CPU is a noticeable part of a decode step, so drafts are only made where the
 lookup matched several tokens: text that does not repeat itself runs as plain decoding.
 """
@@ -36,7 +37,7 @@ Mode = Literal["off", "ngram", "draft"]
 # that repeats short phrases only by chance soon stops paying for drafts).
 NGRAM, MAX_NGRAM = 4, 16
 # Draft length: the first draft, the cap, and the least after a rejection.
-START, MAX_DRAFT, MIN_DRAFT = 2, 32, 2
+START, MAX_DRAFT, MIN_DRAFT = 2, 64, 2
 # Draft tokens in one decode step over all sequences: bounds the step's latency for the others
 # and the logits buffer llama.cpp keeps (one row of the vocabulary per draft token).
 MAX_STEP_DRAFTS = 64
@@ -61,10 +62,13 @@ class Lookup:
             self.buf[self.size] = token
             self.size += 1
 
-    def propose(self, k: int) -> list[int]:
+    def propose(self, k: int, most: int = 0) -> list[int]:
         """Up to ``k`` tokens that followed the latest earlier occurrence of the last
         ``ngram`` tokens (the occurrence the previous draft came from, while it still
-        matches); [] when they occur nowhere before."""
+        matches); [] when they occur nowhere before. Where the text before that occurrence
+        agrees with the text so far over more than ``k`` tokens (a long copy), the draft is as
+        long as the agreement, up to ``most``: a copy that has held for a while is likely to
+        hold on."""
         if k <= 0 or self.size <= self.ngram:
             return []
         source = self._follow()
@@ -74,11 +78,23 @@ class Lookup:
         if source < 0:
             return []
         self._source, self._at = source, self.size
+        if most > k:
+            k = max(k, self._agreement(source, most))
         import numpy as np
 
         known = self.buf[source : min(source + k, self.size)]
         # A loop shorter than the draft repeats: what follows the known part is the draft itself.
         return [int(t) for t in np.resize(known, k)]
+
+    def _agreement(self, source: int, cap: int) -> int:
+        """How many tokens (at most ``cap``) before ``source`` equal the last ones."""
+        import numpy as np
+
+        n = min(cap, source)
+        before = self.buf[source - n : source][::-1]
+        tail = self.buf[self.size - n : self.size][::-1]
+        differ = np.flatnonzero(before != tail)
+        return int(differ[0]) if differ.size else n
 
     def _follow(self) -> int:
         """The previous draft's source, moved on by the tokens sampled since, if the last
@@ -188,7 +204,7 @@ class Drafter:
             if k <= 0:
                 continue
             if w.spec.lookup is not None:
-                out[i] = w.spec.lookup.propose(k)
+                out[i] = w.spec.lookup.propose(k, min(MAX_DRAFT, w.room, budget))
             w.spec.by_lookup = bool(out[i])
             if not out[i] and w.spec.draft_model:
                 asked.append(i)
