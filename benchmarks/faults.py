@@ -1,7 +1,7 @@
 """A server killed with kill -9 loses nothing (issue 13 §7).
 
-Registers the built-in model's file under a name of its own (`impetus import`, which writes a
-manifest that the server then rewrites with each model's last-used time) and runs
+Registers a copy of the built-in model's file under a name of its own (`impetus import`, which
+writes a manifest that the server then rewrites with each model's last-used time) and runs
 `impetus serve --prompt-cache` on it in a fresh IMPETUS_HOME, over and over:
 a few conversations (so the prompt cache has entries to keep), an unload (which writes the
 cache to disk), and a SIGKILL at a random moment of that work. After each kill it checks what
@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -135,7 +136,9 @@ def register(home: Path, name: str) -> None:
     builtin = builtin_model(load_settings())
     if builtin is None:
         raise SystemExit("the built-in model's package is not installed (make setup)")
-    path = ensure_builtin_file(builtin)
+    path = home / "elsewhere" / "gemma.gguf"  # a copy: the built-in file has its own name
+    path.parent.mkdir()
+    shutil.copyfile(ensure_builtin_file(builtin), path)
     env = {**os.environ, "IMPETUS_HOME": str(home)}
     argv = [sys.executable, "-m", "impetus_cli", "import", str(path), "--name", name]
     subprocess.run(argv, env=env, check=True, capture_output=True)

@@ -186,10 +186,13 @@ def _check_free(store: Store, name: str, path: Path, *, explicit: bool) -> None:
             )
         if Path(os.path.realpath(model.path)) != real:
             continue
-        if model.origin in ("impetus", "imported", "builtin") or not explicit:
+        ours = model.origin in ("impetus", "imported", "builtin")
+        if ours or not explicit:
+            # Another tool's file may get a name of ours (--name); one of ours has its name.
+            other = "" if ours else ", or give it your own with --name"
             raise _fail(
                 f"{path} is already available as {model.name}.",
-                f"Use that name (impetus chat {model.name}), or give it your own with --name.",
+                f"Use that name (impetus chat {model.name}){other}.",
             )
 
 
