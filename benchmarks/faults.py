@@ -129,7 +129,7 @@ def cycle(home: Path, model: str, seed: int) -> dict[str, Any]:
 
 
 def register(home: Path, name: str) -> None:
-    """The built-in model's file under ``name``, with a manifest of ours."""
+    """A copy of the built-in model's file under ``name``, with a manifest of ours."""
     from impetus_cli.runtime.config import load_settings
     from impetus_cli.runtime.store import builtin_model, ensure_builtin_file
 

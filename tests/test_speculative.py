@@ -361,6 +361,16 @@ def test_the_lookup_takes_the_latest_occurrence_and_repeats_a_short_loop() -> No
     assert loop.propose(5) == [4, 8, 4, 8, 4]  # the loop goes on past what is known
 
 
+def test_a_copy_that_has_agreed_for_long_drafts_that_far_at_once() -> None:
+    from impetus_cli.runtime.engines.speculative import Lookup
+
+    text = list(range(100, 160))  # 60 distinct tokens, then the first 30 again
+    assert Lookup(text + text[:30], capacity=64).propose(2) == text[30:32]
+    # The 30 tokens before the match agree with the last 30: a draft of 30, not 2.
+    assert Lookup(text + text[:30], capacity=64).propose(2, most=64) == text[30:60]
+    assert Lookup(text + text[:30], capacity=64).propose(2, most=8) == text[30:38]
+
+
 def test_a_rejected_new_match_asks_for_a_longer_one_and_a_taken_draft_grows() -> None:
     from impetus_cli.runtime.engines.speculative import MAX_DRAFT, NGRAM, START, Lookup, Speculation
 

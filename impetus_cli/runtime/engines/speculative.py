@@ -19,9 +19,10 @@ proposes the drafts:
 
 How many tokens to draft adapts per request (``Speculation``): a draft that was taken whole
 doubles the next one, a rejected one shrinks it, and a copy whose source has agreed with the
-text for many tokens drafts that far at once (up to MAX_DRAFT). Drafting costs a verification of every draft
-token, which on a CPU is a noticeable part of a decode step, so drafts are only made where the
-lookup matched several tokens: text that does not repeat itself runs as plain decoding.
+text for many tokens drafts that far at once (up to MAX_DRAFT). Drafting costs a verification
+of every draft token, which on a CPU is a noticeable part of a decode step, so drafts are only
+made where the lookup matched several tokens: text that does not repeat itself runs as plain
+decoding.
 """
 
 from __future__ import annotations
