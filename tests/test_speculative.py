@@ -227,6 +227,20 @@ def test_near_the_end_of_its_context_a_reply_drafts_only_what_still_fits(
         engine.close()
 
 
+def assert_same_up_to_a_tie(expected: list[GenerationChunk], got: list[int]) -> None:
+    """``got`` is plain decoding's reply, or parts from it only where plain decoding's two
+    best tokens were tied to float rounding: with other slots in the same decode steps, the
+    batches' shapes depend on timing, and llama.cpp's float kernels sum a batch in another
+    order than one token (this random-weight model has many such ties)."""
+    want = ids(expected)
+    first = next((i for i in range(len(want)) if want[i : i + 1] != got[i : i + 1]), None)
+    if first is None:
+        assert got == want
+        return
+    (best, p1), (second, p2) = [top for c in expected for top in c.top_logprobs][first]
+    assert best == want[first] and second == got[first] and p1 - p2 < 1e-3, (first, p1 - p2)
+
+
 def test_batched_slots_with_and_without_drafts_each_reply_as_alone(
     tiny_gguf: Path, plain: Any, stranger: Path
 ) -> None:
@@ -235,7 +249,8 @@ def test_batched_slots_with_and_without_drafts_each_reply_as_alone(
     engine = load(tiny_gguf, "draft", stranger, n_ctx=1024, n_parallel=3)
     prompts = [prompt_of(plain, w) for w in ("first of three", "second one", "the third")]
     prompts[2] = prompts[2] + ids(run(plain, prompts[2]))[:40]  # the lookup finds its reply
-    expected = [ids(run(plain, p, replace(GREEDY, max_tokens=200))) for p in prompts]
+    alone = replace(GREEDY, max_tokens=200, logprobs=2)
+    expected = [run(plain, p, alone) for p in prompts]
     results: dict[int, list[GenerationChunk]] = {}
 
     def one(i: int) -> None:
@@ -247,7 +262,8 @@ def test_batched_slots_with_and_without_drafts_each_reply_as_alone(
             t.start()
         for t in threads:
             t.join(timeout=300)
-        assert [ids(results[i]) for i in range(3)] == expected
+        for i in range(3):
+            assert_same_up_to_a_tie(expected[i], ids(results[i]))
         assert sum(results[i][-1].drafted_tokens for i in range(3)) > 0
     finally:
         engine.close()
