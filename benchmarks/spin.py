@@ -18,6 +18,8 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -34,15 +36,16 @@ def bench(spin: str, args: argparse.Namespace) -> dict[str, float]:
     impetus = Path(sys.executable).with_name("impetus")
     argv = [str(impetus), "bench", "-p", str(args.p), "-n", str(args.n), "-r", str(args.reps)]
     argv += ["--edit", "0", "--threads", str(args.threads), "--json"]
-    env = {**os.environ, "GOMP_SPINCOUNT": spin, "NO_COLOR": "1"}
-    out = subprocess.run(argv, env=env, check=True, capture_output=True, text=True).stdout
+    with tempfile.TemporaryDirectory() as home:  # runs are saved there, not in the user's history
+        env = {**os.environ, "GOMP_SPINCOUNT": spin, "NO_COLOR": "1", "IMPETUS_HOME": home}
+        out = subprocess.run(argv, env=env, check=True, capture_output=True, text=True).stdout
     rows = json.loads(out)[0]["results"]
     speed = {row["test"]: float(row["mean"]) for row in rows}
     return {"pp": speed[f"pp{args.p}"], "tg": speed[f"tg{args.n}"], "load": os.getloadavg()[0]}
 
 
 @contextmanager
-def hogs(n: int):  # type: ignore[no-untyped-def]
+def hogs(n: int) -> Iterator[None]:
     procs = [
         subprocess.Popen(["yes"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for _ in range(n)
