@@ -15,6 +15,7 @@ import pytest
 
 from impetus_cli.runtime.inspect import inspect_model
 from impetus_cli.runtime.types import ChatMessage, GenerationChunk, ModelInfo, SamplingParams
+from tests.fixtures.prompt_cache import entries, tier
 from tests.fixtures.tiny_models import make_plan, write_tiny_gguf
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
@@ -65,15 +66,6 @@ def prompt(engine: Any, topic: str, lines: int = 12) -> list[int]:
     tokens = list(engine.tokenize(engine.render([ChatMessage(role="user", content=text)])))
     assert len(tokens) > 256  # long enough to be worth keeping
     return tokens
-
-
-def tier(engine: Any, name: str) -> Any:
-    (found,) = [t for t in engine.cache_tiers if t.tier == name]
-    return found
-
-
-def entries(root: Path) -> list[Path]:
-    return sorted(root.glob("*/*.kv"))
 
 
 # -- RAM --------------------------------------------------------------------------------------

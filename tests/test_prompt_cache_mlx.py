@@ -15,6 +15,7 @@ import pytest
 
 from impetus_cli.runtime.inspect import inspect_model
 from impetus_cli.runtime.types import ChatMessage, GenerationChunk, SamplingParams
+from tests.fixtures.prompt_cache import entries, tier
 from tests.fixtures.tiny_models import make_plan
 
 pytest.importorskip("mlx_lm", reason="mlx-lm is not installed")
@@ -50,15 +51,6 @@ def prompt(engine: Any, topic: str) -> list[int]:
     tokens = list(engine.tokenize(engine.render([ChatMessage(role="user", content=text)])))
     assert len(tokens) > 256
     return tokens
-
-
-def tier(engine: Any, name: str) -> Any:
-    (found,) = [t for t in engine.cache_tiers if t.tier == name]
-    return found
-
-
-def entries(root: Path) -> list[Path]:
-    return sorted(root.glob("*/*.kv"))
 
 
 def cold_text(path: Path, tokens: list[int]) -> str:

@@ -9,6 +9,7 @@ import socket
 import struct
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -157,6 +158,27 @@ def test_pings_keep_the_stream_alive_while_the_prompt_is_evaluated(
     ]  # fmt: skip
 
 
+@contextmanager
+def until_ping(url: str, max_tokens: int, timeout: float) -> Iterator[tuple[socket.socket, bytes]]:
+    """A streamed /v1/messages request on a raw socket, read until the first ping; the socket
+    stays open inside the block (to be reset, or closed as a client gives up)."""
+    body = json.dumps(
+        {"model": "qwen3:8b", "max_tokens": max_tokens, "stream": True, "messages": ASK}
+    )
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(
+            f"POST /v1/messages HTTP/1.1\r\nHost: {host}\r\nx-api-key: {KEY}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode()
+        )
+        received = b""
+        while b"event: ping" not in received:
+            chunk = sock.recv(65536)
+            assert chunk, received
+            received += chunk
+        yield sock, received
+
+
 def test_a_ping_goes_out_while_the_engine_is_still_silent(
     scripted: tuple[str, ModelManager], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -168,18 +190,9 @@ def test_a_ping_goes_out_while_the_engine_is_still_silent(
     monkeypatch.setattr("impetus_cli.server.streaming.HEARTBEAT_S", 0.2)
     manager.loaded()[0].engine.step_delay = 20.0  # type: ignore[attr-defined]
     FakeEngine.enqueue(["late"])
-    body = json.dumps({"model": "qwen3:8b", "max_tokens": 8, "stream": True, "messages": ASK})
-    host, port = url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(
-            f"POST /v1/messages HTTP/1.1\r\nHost: {host}\r\nx-api-key: {KEY}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode()
-        )
-        received = b""
-        while b"event: ping" not in received:  # a 10 s read timeout, the engine waits 20 s
-            chunk = sock.recv(65536)
-            assert chunk, received
-            received += chunk
+    # A 10 s read timeout, the engine waits 20 s: the ping must come while it is silent.
+    with until_ping(url, 8, timeout=10) as (_sock, received):
+        pass
     assert b"event: message_start" in received and b"late" not in received
 
 
@@ -195,17 +208,8 @@ def test_a_client_hanging_up_while_the_prompt_is_evaluated_is_no_server_error(
     monkeypatch.setattr("impetus_cli.server.streaming.HEARTBEAT_S", 0.2)
     manager.loaded()[0].engine.step_delay = 2.0  # type: ignore[attr-defined]
     FakeEngine.enqueue(["word "] * 5)
-    body = json.dumps({"model": "qwen3:8b", "max_tokens": 100, "stream": True, "messages": ASK})
-    host, port = url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=30) as sock:
-        sock.sendall(
-            f"POST /v1/messages HTTP/1.1\r\nHost: {host}\r\nx-api-key: {KEY}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode()
-        )
-        received = b""
-        while b"event: ping" not in received:
-            received += sock.recv(65536)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with until_ping(url, 100, timeout=30) as (sock, _received):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # a reset
     manager.loaded()[0].engine.step_delay = 0.0  # type: ignore[attr-defined]
     FakeEngine.enqueue(["next"])
     assert check_blocks(ask(url, stream=True))[0]["text"] == "next"
