@@ -109,7 +109,7 @@ def _load_body(body: Any) -> tuple[str, bool, float | None]:
     return model_id(body), flag(body, "pin"), keep_alive(body)
 
 
-def _local(request: web.Request, name: str, verb: str) -> str:
+def _local(request: web.Request, name: str, verb: str) -> None:
     """A remote engine's model loads and unloads on its own server, not through this one."""
     if request.app[MANAGER].remotes.owns(name):
         raise ImpetusError(
@@ -117,7 +117,6 @@ def _local(request: web.Request, name: str, verb: str) -> str:
             "Send requests to it as they are; its server decides what stays loaded.",
             param="model",
         )
-    return name
 
 
 async def load(request: web.Request) -> web.Response:

@@ -106,8 +106,7 @@ class Lookup:
         n = self.ngram
         if source < n or source >= self.size:
             return -1
-        before, tail = self.buf[source - n : source], self.buf[self.size - n : self.size]
-        return source if bool((before == tail).all()) else -1
+        return source if self._agreement(source, n) == n else -1
 
     def _find(self) -> int:
         """Where the latest earlier occurrence of the last ``ngram`` tokens ends, or -1."""
