@@ -24,20 +24,16 @@ import platform
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from benchmarks import peers
 
 
 def call(port: int, method: str, path: str, body: Any = None, timeout: float = 600) -> Any:
@@ -49,22 +45,15 @@ def call(port: int, method: str, path: str, body: Any = None, timeout: float = 6
     return json.loads(raw) if raw.startswith(b"{") else raw
 
 
-def start(home: Path, model: str) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    env = {**os.environ, "IMPETUS_HOME": str(home)}
+def start(home: Path) -> tuple[peers.Server, int]:
+    port = peers.free_port()
     cmd = [sys.executable, "-m", "impetus_cli", "serve", "--port", str(port), "--prompt-cache"]
-    proc = subprocess.Popen(
-        [*cmd, "--ctx", "4096"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+    server = peers.Server(
+        [*cmd, "--ctx", "4096"], home / "serve.log", env={"IMPETUS_HOME": str(home)}
     )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            call(port, "GET", "/health", timeout=2)
-            return proc, port
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("impetus serve did not start")
+    server.start()
+    server.wait_ready(f"http://127.0.0.1:{port}/health")
+    return server, port
 
 
 def work(port: int, model: str, seed: int) -> None:
@@ -118,13 +107,14 @@ def check(home: Path) -> dict[str, int]:
 
 
 def cycle(home: Path, model: str, seed: int) -> dict[str, Any]:
-    proc, port = start(home, model)
+    server, port = start(home)
     runner = threading.Thread(target=lambda: _quiet(work, port, model, seed), daemon=True)
     runner.start()
     delay = random.Random(seed).uniform(1.0, 20.0)
     runner.join(delay)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(30)
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGKILL)
+    server.proc.wait(30)
     return {"seed": seed, "killed_after_s": round(delay, 1), **check(home)}
 
 
@@ -160,11 +150,10 @@ def main() -> None:
         register(home, args.model)
         rows = [cycle(home, args.model, seed) for seed in range(args.cycles)]
         final = check(home)
-        proc, port = start(home, args.model)  # loading the model scans its cache and tidies it
+        server, port = start(home)  # loading the model scans its cache and tidies it
         body = {"model": args.model, "messages": [{"role": "user", "content": "hi"}]}
         call(port, "POST", "/v1/chat/completions", {**body, "max_tokens": 4})
-        proc.terminate()
-        proc.wait(60)
+        server.stop()
         after_restart = check(home)
     result = {
         "command": " ".join(["benchmarks/faults.py", *sys.argv[1:]]),

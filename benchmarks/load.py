@@ -15,9 +15,7 @@ import http.client
 import json
 import os
 import platform
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -25,7 +23,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import peers
 
 
 @dataclass
@@ -136,35 +139,20 @@ def report(outcomes: list[Outcome], url: str, model: str) -> dict[str, object]:
     }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def serve(model: str) -> Iterator[str]:
     """A fresh `impetus serve` on a free port, with an empty IMPETUS_HOME."""
-    port = free_port()
+    port = peers.free_port()
     with tempfile.TemporaryDirectory() as home:
-        env = {**os.environ, "IMPETUS_HOME": home}
         cmd = [sys.executable, "-m", "impetus_cli", "serve", model, "--port", str(port)]
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        server = peers.Server(cmd, Path(home) / "serve.log", env={"IMPETUS_HOME": home})
         url = f"http://127.0.0.1:{port}"
+        server.start()
         try:
-            deadline = time.monotonic() + 300
-            while time.monotonic() < deadline:
-                try:
-                    conn = _conn(url, 2)
-                    conn.request("GET", "/health")
-                    if conn.getresponse().status == 200:
-                        break
-                except OSError:
-                    time.sleep(0.3)
+            server.wait_ready(url + "/health")
             yield url
         finally:
-            proc.terminate()
-            proc.wait(60)
+            server.stop()
 
 
 def main() -> None:
