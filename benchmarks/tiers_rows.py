@@ -7,8 +7,8 @@ host-RAM prompt cache, `--cache-ram`, as a user would).
   reply sent back plus a short user turn): time to first token;
 - restart: a conversation's first turn, the server stopped (SIGINT, as a user would) and started
   again, then its next turn: time to first token (llama-server starts with nothing cached);
-- second session: two sessions of one agent sharing its instructions, each with a task and a file
-  as long: time to first token of the second.
+- second session: two sessions of one agent sharing its instructions (the system prompt, as
+  agents send them), each with a task and a file as long: time to first token of the second.
 
 Each row also keeps the cold first turn's TTFT of the same run, to compare with. Prompts open
 with a random nonce, so nothing from an earlier run is ever found.
@@ -93,9 +93,9 @@ def _returning(client: ImpetusClient, chars: int, streams: int) -> dict[str, flo
 
 
 def _second_session(client: ImpetusClient, chars: int) -> float:
-    instructions = agent_prompt(chars)
+    instructions = {"role": "system", "content": agent_prompt(chars)}
     turns = [
-        [{"role": "user", "content": f"{instructions}\n\nTask {k}: {ASK}\n\n{agent_prompt(chars)}"}]
+        [instructions, {"role": "user", "content": f"Task {k}: {ASK}\n\n{agent_prompt(chars)}"}]
         for k in (1, 2)
     ]
     stream_once(client, peers.MODEL, turns[0], 32)

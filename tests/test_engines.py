@@ -10,7 +10,13 @@ from typing import Any
 import pytest
 
 from impetus_cli.errors import ContextLengthExceeded, EngineError, ImpetusError
-from impetus_cli.runtime.types import ChatMessage, GenerationChunk, SamplingParams, SpecialText
+from impetus_cli.runtime.types import (
+    ChatMessage,
+    ChatRequest,
+    GenerationChunk,
+    SamplingParams,
+    SpecialText,
+)
 from tests.fixtures.tiny_models import CHATML
 
 ENGINES = ["tiny_gguf_engine", "tiny_mlx_engine"]
@@ -259,3 +265,28 @@ def test_no_engines_module_imports_one_that_imports_it_back() -> None:
     cycles = [c for m in sorted(graph) if (c := cycle_from(m, [m]))]
     assert cycles == []
     assert {f"{prefix}.common", f"{prefix}.worker"} <= set(graph)  # the shared pieces exist
+
+
+@pytest.mark.parametrize("name", ["gemma_engine", "tiny_gguf_engine"])
+def test_a_chat_marks_where_its_instructions_end(request: pytest.FixtureRequest, name: str) -> None:
+    """prepare_chat finds the end of the system prompt in the rendered prompt, whichever way the
+    template renders it (Gemma folds it into the first user turn, ChatML gives it a turn of its
+    own): two sessions with the same instructions share exactly the tokens before that mark."""
+    pytest.importorskip("llama_cpp")
+    from impetus_cli.runtime.engines.common import common_prefix
+    from impetus_cli.runtime.prepare import prepare_chat
+
+    engine = request.getfixturevalue(name)
+    rules = "You are a careful coding agent. Read before you edit; run the tests after."
+    system = ChatMessage(role="system", content=rules)
+
+    def prepared(*messages: ChatMessage) -> Any:
+        return prepare_chat(engine, ChatRequest(model="m", messages=messages), 64)
+
+    one = prepared(system, ChatMessage(role="user", content="Fix the bug in parser.py."))
+    two = prepared(system, ChatMessage(role="user", content="Why does test_io fail?"))
+    n = one.instructions
+    assert n == two.instructions and 0 < n < len(one.tokens)
+    assert one.tokens[:n] == two.tokens[:n] and common_prefix(one.tokens, two.tokens) == n
+    assert rules in engine.detokenize(one.tokens[:n])
+    assert prepared(ChatMessage(role="user", content=rules)).instructions == 0

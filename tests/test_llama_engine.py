@@ -37,9 +37,12 @@ def text_of(chunks: list[GenerationChunk]) -> str:
 
 # How far a warm reply's logprobs may stray from a cold evaluation's. llama.cpp's rounding
 # moves a Gemma logprob by up to ~0.1 between two splits of the same prompt into micro-batches
-# (0.08 on the checkpoint follow-up below), while a window cache missing 16 of its 512 positions
-# moves it by 0.46 there; a checkpoint restored at the wrong position fails in llama.cpp itself.
-GAP, DRIFT = 0.5, 0.3
+# (0.08 to 0.12 on the first token of the replies below), and a later token of the reply, fed
+# one at a time where the cold run evaluates it in one batch, by up to 0.31 (one step of the
+# checkpoint follow-up below, on an AMD EPYC; 0.07 on average over its 16 steps). A window cache
+# missing 16 of its 512 positions moves it by 0.46 there, and every step after it; a checkpoint
+# restored at the wrong position fails in llama.cpp itself.
+GAP, DRIFT, MEAN_DRIFT = 0.5, 0.4, 0.15
 
 
 def assert_replies_as_a_cold_evaluation(
@@ -48,7 +51,8 @@ def assert_replies_as_a_cold_evaluation(
     """The greedy reply a warm engine gave (from a reused, copied or restored cache) is one a
     cold evaluation of the same prompt gives, up to llama.cpp's rounding: at every step, the
     cold engine, shown the prompt and the reply so far, ranks the warm pick within GAP of its
-    best token and gives it the logprob the warm engine reported, within DRIFT.
+    best token and gives it the logprob the warm engine reported, within DRIFT, and within
+    MEAN_DRIFT on average.
 
     Not the same text: llama.cpp's results depend on how a prompt is split into micro-batches
     and on where its cells sit in the KV cache, so where the base model hesitates between two
@@ -57,11 +61,14 @@ def assert_replies_as_a_cold_evaluation(
     warm = [lp for c in chunks for lp in c.logprobs]
     assert ids and len(warm) == len(ids), "ask the warm run for logprobs"
     ask = SamplingParams(max_tokens=1, temperature=0, ignore_eos=True, logprobs=5)
+    drifts: list[float] = []
     for i, (token, logprob) in enumerate(zip(ids, warm, strict=True)):
         (top,) = [t for c in run(cold, prompt + ids[:i], ask) for t in c.top_logprobs]
         cold_logprob = dict(top).get(token)
         assert cold_logprob is not None and top[0][1] - cold_logprob <= GAP, (i, token, top)
-        assert abs(cold_logprob - logprob) <= DRIFT, (i, token, logprob, cold_logprob)
+        drifts.append(abs(cold_logprob - logprob))
+        assert drifts[-1] <= DRIFT, (i, token, logprob, cold_logprob)
+    assert sum(drifts) / len(drifts) <= MEAN_DRIFT, drifts
 
 
 def load(path: Path, **plan: Any) -> Any:
@@ -338,6 +345,34 @@ def test_gemma_sessions_sharing_a_system_prompt_reuse_its_snapshot(gemma_gguf: P
         assert c_chunks[-1].cached_tokens == len(system)  # loaded, not evaluated
         assert_replies_as_a_cold_evaluation(c_chunks, cold, c)
         assert run(engine, c, greedy)[-1].cached_tokens == len(c) - 1  # C's own slot now
+    finally:
+        engine.close()
+        cold.close()
+
+
+@LONG_PROMPTS
+def test_gemma_second_session_loads_the_instructions_the_first_one_saved(gemma_gguf: Path) -> None:
+    """An agent's first session marks where its instructions end (prepare.instructions_end):
+    the engine saves the sequence's state there while evaluating it, so the second session,
+    on another slot once the first has moved past its window, loads the instructions instead of
+    evaluating them and answers as a cold evaluation would."""
+    engine = load(gemma_gguf, n_ctx=4096, n_parallel=2, snapshot_bytes=200_000_000)
+    cold = load(gemma_gguf, n_ctx=1024)
+    try:
+        words = engine.tokenize(
+            " ".join(f"rule {i}: name things plainly." for i in range(1500)), special=False
+        )
+        system = [2, *words[:600]]
+        a = system + engine.tokenize(" Apples" + " and pears" * 900, special=False)[:1500]
+        b = system + engine.tokenize(" Cherries: which rule is first?", special=False)
+        greedy = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True, logprobs=0)
+        first = list(engine.generate(a, greedy, instructions=len(system)))
+        assert first[-1].cached_tokens == 0
+        assert [s.tokens for s in engine._slots.snapshots.items] == [system]
+        second = list(engine.generate(b, greedy, instructions=len(system)))
+        assert second[-1].cached_tokens == len(system)  # loaded, not evaluated
+        assert_replies_as_a_cold_evaluation(second, cold, b)
+        assert len(engine._slots.snapshots.items) == 1  # the same instructions: saved once
     finally:
         engine.close()
         cold.close()

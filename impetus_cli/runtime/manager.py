@@ -280,7 +280,7 @@ class ModelManager:
         entry = self._lease(request.model, request.keep_alive, cancel)
         try:
             job = prepare(entry.engine)
-            stream = entry.engine.generate(job.tokens, job.sampling, cancel)
+            stream = entry.engine.generate(job.tokens, job.sampling, cancel, job.instructions)
             self.bus.publish(
                 Event("request_started", entry.model.name, {"prompt_tokens": len(job.tokens)})
             )

@@ -27,6 +27,9 @@ class Prepared:
     tokens: list[int]
     sampling: SamplingParams
     parser: ReplyParser | None = None
+    # The prompt's first ``instructions`` tokens are its instructions (system prompt, tools),
+    # which other sessions of the same agent share; 0: none marked (instructions_end).
+    instructions: int = 0
 
 
 def prepare_chat(engine: Engine, request: ChatRequest, default_max_tokens: int) -> Prepared:
@@ -59,7 +62,29 @@ def prepare_chat(engine: Engine, request: ChatRequest, default_max_tokens: int) 
     if info.base_model:  # it never ends a chat turn: by default, stop it sooner
         default_max_tokens = min(default_max_tokens, BASE_MODEL_CHAT_TOKENS)
     budgeted = _budgeted(engine, tokens, sampling, default_max_tokens, request.num_ctx)
-    return Prepared(tokens, budgeted, parser)
+    return Prepared(tokens, budgeted, parser, instructions_end(engine, request, prompt, tokens))
+
+
+def instructions_end(engine: Engine, request: ChatRequest, prompt: str, tokens: list[int]) -> int:
+    """How many of the prompt's tokens are the conversation's instructions: everything before
+    the first user turn's text (the system prompt, and the tools most templates render with
+    it), found in the rendered prompt. A second session of the same agent starts with the same
+    tokens, so an engine that cannot share a prefix in place saves its state there
+    (llama_slots.py); 0 when the conversation has no system prompt or the template hides it."""
+    from impetus_cli.runtime.engines.common import common_prefix
+
+    messages = request.messages
+    n_system = next((i for i, m in enumerate(messages) if m.role != "system"), len(messages))
+    if n_system == 0 or n_system == len(messages):
+        return 0
+    system, first = messages[n_system - 1].content or "", messages[n_system].content or ""
+    found = prompt.find(system) if system else -1
+    if found < 0 or not first:
+        return 0
+    at = found + len(system)
+    start = prompt.find(first, at)
+    head = prompt[: start if start >= 0 else at]
+    return common_prefix(engine.tokenize(head), tokens)
 
 
 def _grammar(

@@ -75,10 +75,13 @@ class Engine(Protocol):
         tokens: Sequence[int],
         sampling: SamplingParams,
         cancel: threading.Event | None = None,
+        instructions: int = 0,
     ) -> Iterator[GenerationChunk]:
         """Evaluate the prompt (reusing a cached prefix) and stream the completion: text chunks,
         then one final chunk with the finish reason and counters. The reply's length comes
-        from limits.reply_budget; a prompt that leaves no room is refused before streaming."""
+        from limits.reply_budget; a prompt that leaves no room is refused before streaming.
+        The prompt's first ``instructions`` tokens are what other sessions of the same agent
+        share (prepare.instructions_end): an engine may keep its state there for them."""
         ...
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]: ...

@@ -279,6 +279,7 @@ class LlamaEngine:
         tokens: Sequence[int],
         sampling: SamplingParams,
         cancel: threading.Event | None = None,
+        instructions: int = 0,
     ) -> Iterator[GenerationChunk]:
         """Checks run now (the server answers 4xx before streaming); the request joins the
         scheduler (llama_batch.py) when the stream is first read. Cancelling, or closing the
@@ -287,6 +288,7 @@ class LlamaEngine:
             raise ImpetusError("The prompt is empty.", param="messages")
         limit = reply_budget(self.n_ctx, len(tokens), sampling.max_tokens)
         request = Request(list(tokens), sampling, cancel or threading.Event(), limit)
+        request.instructions = instructions
         request.preserved = self._llama.token_ids(sampling.preserve)
         return self._scheduler.stream(request)
 

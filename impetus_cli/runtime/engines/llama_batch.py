@@ -55,6 +55,7 @@ class Request(Pending):
     spec: Speculation | None = None  # its drafts and their counters (None: no speculation)
     unverified: int = 0  # draft tokens at the end of the slot's cache not verified yet
     argmax: bool = False  # its sampler chain is greedy and nothing else (see _pick)
+    instructions: int = 0  # the prompt's shared instructions end here (prepare.instructions_end)
 
 
 def greedy_alone(s: SamplingParams) -> bool:
@@ -108,7 +109,7 @@ class Scheduler(Worker[Request]):
             r.out.put(self._final(r, "cancelled"))
             return
         r.slot = self.slots.take(r.tokens)
-        placed = self.slots.place(r.slot, r.tokens, self.n_batch)
+        placed = self.slots.place(r.slot, r.tokens, self.n_batch, r.instructions)
         r.cached = r.fed = placed.cached
         r.checkpoint, r.window_at = placed.snapshot_at, placed.window_at
         self.last_cached_tokens = r.cached

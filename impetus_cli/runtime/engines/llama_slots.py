@@ -92,9 +92,14 @@ class Slots:
         if self.cache is not None:
             self.cache.prefilled(tokens, seconds)
 
-    def place(self, slot: Slot, tokens: list[int], n_batch: int) -> Placement:
+    def place(
+        self, slot: Slot, tokens: list[int], n_batch: int, instructions: int = 0
+    ) -> Placement:
         """Reuse the longest prefix of ``tokens`` the slot can get, plan the prompt's snapshot
-        and window checkpoint, and park idle sequences when the prompt is long."""
+        and window checkpoint, and park idle sequences when the prompt is long. The snapshot
+        goes at the end of the longest prefix another sequence shares with the prompt, or else
+        at the end of its ``instructions`` (the system prompt the agent's next session will
+        start with), when either is long enough and no snapshot holds it yet."""
         snaps = self.snapshots
         # the longest prefix any sequence shares with the prompt, before this one is trimmed
         shared = max(common_prefix(s.tokens, tokens) for s in self.all) if snaps else 0
@@ -103,7 +108,10 @@ class Slots:
         cached = self._reuse_prefix(slot, tokens)
         if snaps is None:
             return Placement(cached)
-        snapshot_at = snaps.wanted(tokens, min(shared, len(tokens) - 1), cached)
+        limit = len(tokens) - 1
+        snapshot_at = snaps.wanted(tokens, min(shared, limit), cached) or snaps.wanted(
+            tokens, min(instructions, limit), cached
+        )
         at = snaps.checkpoint_at(len(tokens))
         if len(tokens) - cached >= n_batch:
             self._park_idle()

@@ -5,12 +5,13 @@ sequence to another by sharing KV cells (llama_slots.py). A sliding-window layer
 last window of positions, so once a conversation has moved past the shared prefix its cache no
 longer holds the state at the end of it, and sharing cells is unsafe there (``can_copy``).
 
-So when a prompt shares a long prefix with another sequence but cannot reuse it, the scheduler
-stops evaluating that prompt at the end of the shared prefix and saves the sequence's state there
-(``llama_state_seq_get_data``: its KV cells, copied out). A later prompt that starts with the same
-prefix loads the snapshot into its own sequence (``llama_state_seq_set_data``) instead of
-evaluating it: the second agent session pays for the system prompt again, the third and later do
-not.
+So the scheduler stops evaluating a prompt where a prefix worth sharing ends and saves the
+sequence's state there (``llama_state_seq_get_data``: its KV cells, copied out): at the end of its
+instructions (the system prompt and tools, which prepare.instructions_end finds in the rendered
+prompt), and where it stops sharing a long prefix with another sequence (instructions sent as
+part of the first user message). A later prompt that starts with the same prefix loads the
+snapshot into its own sequence (``llama_state_seq_set_data``) instead of evaluating it: an
+agent's second session does not pay for its system prompt again.
 
 A follow-up turn meets the same window from the other side: it extends its own conversation,
 but if the reply it sends back does not tokenize exactly as it was generated, the shared prefix
@@ -29,7 +30,9 @@ is put back when a request continues one of them. A sequence is parked only into
 
 Snapshots, checkpoints and parked sequences are bounded together by ``plan.snapshot_bytes`` (the
 planner counts them). Past it, the least recently used snapshot goes first, then parked
-sequences return to the KV cache (oldest first: nothing cached is lost), then checkpoints.
+sequences return to the KV cache (oldest first: nothing cached is lost), then checkpoints; a
+snapshot just taken goes before checkpoints only (parking fills the room a prompt's snapshot is
+about to need, and is worth less than it).
 """
 
 from __future__ import annotations
@@ -133,9 +136,9 @@ class Snapshots:
         return found, best
 
     def wanted(self, tokens: list[int], shared: int, reused: int) -> int:
-        """Where to snapshot a prompt: at the end of the ``shared`` prefix it has in common
-        with another sequence, when that is MIN_SNAPSHOT tokens past what it ``reused`` and no
-        snapshot holds it yet; 0 for nowhere."""
+        """Whether to snapshot a prompt at the end of a ``shared`` prefix (one it has in common
+        with another sequence, or its instructions): when that is MIN_SNAPSHOT tokens past what
+        it ``reused`` and no snapshot holds it yet; 0 for nowhere."""
         if shared < reused + MIN_SNAPSHOT:
             return 0
         if any(s.tokens == tokens[:shared] for s in self.items):
@@ -149,8 +152,9 @@ class Snapshots:
         if data is None:
             return
         pos_min = max(0, int(self.lib.llama_memory_seq_pos_min(self.mem, seq_id)))
-        self.items.append(Snapshot(list(tokens), data, pos_min, time.monotonic()))
-        self._fit()
+        snap = Snapshot(list(tokens), data, pos_min, time.monotonic())
+        self.items.append(snap)
+        self._fit(snap)
 
     def checkpoint_at(self, n_prompt: int) -> int:
         """Where to take a window checkpoint of a prompt of ``n_prompt`` tokens (0: none; a
@@ -195,13 +199,17 @@ class Snapshots:
         got = self.lib.llama_state_seq_get_data_ext(self.ctx, data, size, seq_id, flags)
         return data if int(got) == size else None
 
-    def _fit(self) -> None:
-        """Least recently used snapshots out, then parked sequences back into the KV cache,
-        then checkpoints out, until within the budget."""
-        while self.bytes > self.budget and self.items:
-            self.items.remove(min(self.items, key=lambda s: s.last_used))
+    def _fit(self, new: Snapshot | None = None) -> None:
+        """Least recently used snapshots out (but a ``new`` one), then parked sequences back
+        into the KV cache, then the new snapshot, then checkpoints, until within the budget."""
+        while self.bytes > self.budget and any(s is not new for s in self.items):
+            self.items.remove(
+                min((s for s in self.items if s is not new), key=lambda s: s.last_used)
+            )
         while self.bytes > self.budget and self.parked:
             self.unpark(next(iter(self.parked)))
+        if self.bytes > self.budget and new is not None:
+            self.items.remove(new)
         while self.bytes > self.budget and self.checkpoints:
             del self.checkpoints[next(iter(self.checkpoints))]
 

@@ -184,11 +184,17 @@ class MlxEngine:
     # -- generation -------------------------------------------------------------------------
 
     def generate(
-        self, tokens: Sequence[int], sampling: SamplingParams, cancel: threading.Event | None = None
+        self,
+        tokens: Sequence[int],
+        sampling: SamplingParams,
+        cancel: threading.Event | None = None,
+        instructions: int = 0,
     ) -> Iterator[GenerationChunk]:
         """Checks run now (so the server can answer 4xx before streaming); the request starts
         when the stream is first read: it joins the batch, or takes the engine's lock and
-        holds it until it ends."""
+        holds it until it ends. ``instructions`` is not used yet: the pool (mlx_pool.py) trims
+        a cached conversation back to a shared prefix, which a sliding-window model's rotating
+        caches refuse past their window."""
         if sampling.grammar:
             raise ImpetusError(
                 "Constrained output (grammar, JSON schema, response_format) is not available "

@@ -102,9 +102,9 @@ def _call(engine: Any, key: int, payload: Any, send: Any) -> None:
 
 
 def _generate(engine: Any, key: int, payload: Any, cancel: threading.Event, send: Any) -> None:
-    tokens, sampling = payload
+    tokens, sampling, instructions = payload
     try:
-        for chunk in engine.generate(tokens, sampling, cancel):
+        for chunk in engine.generate(tokens, sampling, cancel, instructions):
             send(("chunk", key, chunk))
     except BaseException as exc:
         send(("raise", key, pack_error(exc)))

@@ -208,10 +208,14 @@ class _Child:
         return answer
 
     def stream(
-        self, tokens: Sequence[int], sampling: SamplingParams, cancel: threading.Event
+        self,
+        tokens: Sequence[int],
+        sampling: SamplingParams,
+        cancel: threading.Event,
+        instructions: int = 0,
     ) -> Iterator[GenerationChunk]:
         key, q = self._open(cancel)
-        self._send(("generate", key, (list(tokens), sampling)))
+        self._send(("generate", key, (list(tokens), sampling, instructions)))
 
         def abandon() -> None:
             with self._lock:
@@ -331,6 +335,7 @@ class SplitEngine:
         tokens: Sequence[int],
         sampling: SamplingParams,
         cancel: threading.Event | None = None,
+        instructions: int = 0,
     ) -> Iterator[GenerationChunk]:
         """The checks run now, as LlamaEngine's do; the stream starts when first read."""
         child = self._ensure()
@@ -338,7 +343,7 @@ class SplitEngine:
             raise ImpetusError("The prompt is empty.", param="messages")
         if len(tokens) > self.n_ctx:
             raise ContextLengthExceeded(self.n_ctx, len(tokens))
-        return child.stream(tokens, sampling, cancel or threading.Event())
+        return child.stream(tokens, sampling, cancel or threading.Event(), instructions)
 
     def close(self) -> None:
         with self._load_lock:
