@@ -378,6 +378,36 @@ def test_gemma_second_session_loads_the_instructions_the_first_one_saved(gemma_g
         cold.close()
 
 
+def test_a_new_snapshot_outlasts_parked_sequences_when_the_room_is_short(tiny_gguf: Path) -> None:
+    """Parking fills the free room; the snapshot a prompt takes next (the instructions a later
+    session loads) is worth more, so parked sequences go back into the KV cache to make room
+    for it, and nothing they held is lost."""
+    from impetus_cli.runtime.engines.llama_snapshots import Snapshots
+
+    engine = load(tiny_gguf, n_ctx=1024, n_parallel=2)
+    try:
+        a = engine.tokenize("alpha beta gamma " * 30)
+        b = engine.tokenize("delta epsilon " * 30)
+        run(engine, a)
+        run(engine, b)
+        a_seq, b_seq = (
+            next(s.seq_id for s in engine._slots.all if s.tokens[:8] == p[:8]) for p in (a, b)
+        )
+        llama = engine._llama
+        snapshots = Snapshots(llama, budget=10**9)
+        assert snapshots.park(a_seq)
+        assert int(llama.lib.llama_memory_seq_pos_max(llama.mem, a_seq)) == -1  # copied out
+        size = int(llama.lib.llama_state_seq_get_size_ext(llama.ctx, b_seq, 0))
+        snapshots.budget = snapshots.bytes + size - 1  # room for the snapshot, not for both
+        snapshots.take(b_seq, engine._slots.all[b_seq].tokens)
+        assert [s.tokens for s in snapshots.items] == [engine._slots.all[b_seq].tokens]
+        assert not snapshots.parked and snapshots.bytes <= snapshots.budget
+        held = engine._slots.all[a_seq].tokens
+        assert int(llama.lib.llama_memory_seq_pos_max(llama.mem, a_seq)) == len(held) - 1
+    finally:
+        engine.close()
+
+
 @LONG_PROMPTS
 def test_gemma_follow_up_with_a_retokenized_reply_rolls_back_to_its_checkpoint(
     gemma_gguf: Path,

@@ -77,7 +77,8 @@ def instructions_end(engine: Engine, request: ChatRequest, prompt: str, tokens: 
     n_system = next((i for i, m in enumerate(messages) if m.role != "system"), len(messages))
     if n_system == 0 or n_system == len(messages):
         return 0
-    system, first = messages[n_system - 1].content or "", messages[n_system].content or ""
+    system = (messages[n_system - 1].content or "").strip()  # templates may trim it
+    first = (messages[n_system].content or "").strip()
     found = prompt.find(system) if system else -1
     if found < 0 or not first:
         return 0
