@@ -30,6 +30,8 @@ from tests.fixtures.tiny_models import make_plan, write_tiny_gguf
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
 
 GREEDY = SamplingParams(max_tokens=96, temperature=0, ignore_eos=True)
+# Two Gemma logprobs closer than this may swap between a batch and one token at a time.
+GEMMA_TIE = 0.25
 CODE = '''def reply_budget(n_ctx: int, n_prompt: int, max_tokens: int | None) -> int:
     """Tokens the reply may have, clamped to the room the prompt leaves."""
     if n_prompt >= n_ctx:
@@ -285,6 +287,36 @@ def gemma_plain(gemma_gguf: Path) -> Any:
     engine.close()
 
 
+def assert_plain_up_to_batch_rounding(
+    gemma_gguf: Path,
+    prompt: list[int],
+    sampling: SamplingParams,
+    expected: list[GenerationChunk],
+    got: list[GenerationChunk],
+) -> None:
+    """``got`` is plain decoding's reply (``expected``, with two top logprobs), or parts from
+    it where the two best tokens are within llama.cpp's rounding of each other: plain decoding
+    ranked ``got``'s token second within GEMMA_TIE of the first, or the same context,
+    evaluated in one batch by an engine with nothing cached, ranks it first. (Verified in a
+    batch, a Gemma logprob moved by 0.13-0.15 from plain decoding's, and a reply under a
+    grammar parted where plain decoding's two best were 0.13 apart.)"""
+    plain, spec = ids(expected), ids(got)
+    longer = max(len(plain), len(spec))
+    first = next((i for i in range(longer) if plain[i : i + 1] != spec[i : i + 1]), None)
+    if first is None or first >= len(spec):
+        assert plain == spec
+        return
+    (best, p1), (second, p2) = [top for c in expected for top in c.top_logprobs][first]
+    if best == plain[first] and second == spec[first] and p1 - p2 < GEMMA_TIE:
+        return
+    fresh = load(gemma_gguf, "off", n_ctx=1024)  # nothing cached: one batch
+    try:
+        once = run(fresh, prompt + plain[:first], replace(sampling, max_tokens=1))
+    finally:
+        fresh.close()
+    assert ids(once) == [spec[first]], (first, p1, p2)
+
+
 def test_gemma_copying_its_prompt_takes_most_drafts_and_replies_as_plain_decoding_does(
     gemma_gguf: Path, gemma_plain: Any
 ) -> None:
@@ -297,19 +329,9 @@ def test_gemma_copying_its_prompt_takes_most_drafts_and_replies_as_plain_decodin
         prompt = list(gemma_plain.tokenize(COPY))
         sampling = SamplingParams(max_tokens=120, temperature=0)
         assert len(prompt) + 120 < 512  # inside the sliding window (see the module docstring)
-        expected, got = run(gemma_plain, prompt, sampling), run(engine, prompt, sampling)
-        plain, spec = ids(expected), ids(got)
-        longer = max(len(plain), len(spec))
-        first = next((i for i in range(longer) if plain[i : i + 1] != spec[i : i + 1]), None)
-        if first is not None and first < len(spec):
-            fresh = load(gemma_gguf, "off", n_ctx=1024)  # nothing cached: one batch
-            try:
-                once = run(fresh, prompt + plain[:first], replace(sampling, max_tokens=1))
-            finally:
-                fresh.close()
-            assert ids(once) == [spec[first]], first
-        else:
-            assert plain == spec
+        expected = run(gemma_plain, prompt, replace(sampling, logprobs=2))
+        got = run(engine, prompt, sampling)
+        assert_plain_up_to_batch_rounding(gemma_gguf, prompt, sampling, expected, got)
         assert "def reply_budget" in text(got)
         final = got[-1]
         assert final.accepted_tokens > final.completion_tokens // 2
@@ -327,8 +349,11 @@ def test_gemma_under_a_grammar_keeps_the_grammar_state_of_plain_decoding(
     try:
         prompt = list(gemma_plain.tokenize(COPY))
         sampling = SamplingParams(max_tokens=100, temperature=0, grammar="root ::= [^:]*")
-        expected, got = run(gemma_plain, prompt, sampling), run(engine, prompt, sampling)
-        assert ":" not in text(got) and text(got) == text(expected)
+        expected = run(gemma_plain, prompt, replace(sampling, logprobs=2))
+        got = run(engine, prompt, sampling)
+        assert ":" not in text(got) and ":" not in text(expected)
+        # the grammar has one state, whatever came before: the one-batch check applies
+        assert_plain_up_to_batch_rounding(gemma_gguf, prompt, sampling, expected, got)
         assert got[-1].drafted_tokens > got[-1].accepted_tokens > 0
     finally:
         engine.close()
