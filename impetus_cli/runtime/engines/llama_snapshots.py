@@ -30,9 +30,10 @@ is put back when a request continues one of them. A sequence is parked only into
 
 Snapshots, checkpoints and parked sequences are bounded together by ``plan.snapshot_bytes`` (the
 planner counts them). Past it, the least recently used snapshot goes first, then parked
-sequences return to the KV cache (oldest first: nothing cached is lost), then checkpoints; a
-snapshot just taken goes before checkpoints only (parking fills the room a prompt's snapshot is
-about to need, and is worth less than it).
+sequences return to the KV cache (oldest first: nothing cached is lost), then checkpoints. A
+snapshot just taken is dropped only if putting the parked sequences back did not make room for
+it, and before any checkpoint (parking fills the room a prompt's snapshot is about to need, and
+is worth less than it).
 """
 
 from __future__ import annotations
@@ -136,8 +137,8 @@ class Snapshots:
         return found, best
 
     def wanted(self, tokens: list[int], shared: int, reused: int) -> int:
-        """Whether to snapshot a prompt at the end of a ``shared`` prefix (one it has in common
-        with another sequence, or its instructions): when that is MIN_SNAPSHOT tokens past what
+        """Where to snapshot a prompt: at the end of a ``shared`` prefix (one it has in common
+        with another sequence, or its instructions), when that is MIN_SNAPSHOT tokens past what
         it ``reused`` and no snapshot holds it yet; 0 for nowhere."""
         if shared < reused + MIN_SNAPSHOT:
             return 0
