@@ -319,6 +319,17 @@ def test_gemma_slots_trimmed_and_refilled_never_run_out_of_window_cells(gemma_gg
         engine.close()
 
 
+def sessions(engine: Any, rule: str, *tasks: str) -> tuple[list[int], list[list[int]]]:
+    """A 600-token system prompt of numbered rules, and a session per task: the system prompt,
+    then the task's text (its first 1500 tokens)."""
+    words = engine.tokenize(" ".join(f"rule {i}: {rule}" for i in range(1500)), special=False)
+    system = [2, *words[:600]]
+    return system, [system + engine.tokenize(task, special=False)[:1500] for task in tasks]
+
+
+GREEDY_8 = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True, logprobs=0)
+
+
 @LONG_PROMPTS
 def test_gemma_sessions_sharing_a_system_prompt_reuse_its_snapshot(gemma_gguf: Path) -> None:
     """On a sliding-window model a shared prefix cannot be copied between slots, and a session
@@ -328,23 +339,22 @@ def test_gemma_sessions_sharing_a_system_prompt_reuse_its_snapshot(gemma_gguf: P
     engine = load(gemma_gguf, n_ctx=4096, n_parallel=2, snapshot_bytes=200_000_000)
     cold = load(gemma_gguf, n_ctx=1024)
     try:
-        words = engine.tokenize(
-            " ".join(f"rule {i}: keep functions short." for i in range(1500)), special=False
+        system, (a, b, c) = sessions(
+            engine,
+            "keep functions short.",
+            " Apples" + " and pears" * 900,
+            " Bananas" + " or plums" * 900,
+            " Cherries: which rule is first?",
         )
-        system = [2, *words[:600]]
-        a = system + engine.tokenize(" Apples" + " and pears" * 900, special=False)[:1500]
-        b = system + engine.tokenize(" Bananas" + " or plums" * 900, special=False)[:1500]
-        c = system + engine.tokenize(" Cherries: which rule is first?", special=False)
-        greedy = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True, logprobs=0)
-        run(engine, a, greedy)
-        b_final = run(engine, b, greedy)[-1]
+        run(engine, a, GREEDY_8)
+        b_final = run(engine, b, GREEDY_8)[-1]
         snapshots = engine._slots.snapshots
         assert b_final.cached_tokens == 0  # A's window no longer reaches the system prompt
         assert [s.tokens for s in snapshots.items] == [system]
-        c_chunks = run(engine, c, greedy)
+        c_chunks = run(engine, c, GREEDY_8)
         assert c_chunks[-1].cached_tokens == len(system)  # loaded, not evaluated
         assert_replies_as_a_cold_evaluation(c_chunks, cold, c)
-        assert run(engine, c, greedy)[-1].cached_tokens == len(c) - 1  # C's own slot now
+        assert run(engine, c, GREEDY_8)[-1].cached_tokens == len(c) - 1  # C's own slot now
     finally:
         engine.close()
         cold.close()
@@ -359,17 +369,16 @@ def test_gemma_second_session_loads_the_instructions_the_first_one_saved(gemma_g
     engine = load(gemma_gguf, n_ctx=4096, n_parallel=2, snapshot_bytes=200_000_000)
     cold = load(gemma_gguf, n_ctx=1024)
     try:
-        words = engine.tokenize(
-            " ".join(f"rule {i}: name things plainly." for i in range(1500)), special=False
+        system, (a, b) = sessions(
+            engine,
+            "name things plainly.",
+            " Apples" + " and pears" * 900,
+            " Cherries: which rule is first?",
         )
-        system = [2, *words[:600]]
-        a = system + engine.tokenize(" Apples" + " and pears" * 900, special=False)[:1500]
-        b = system + engine.tokenize(" Cherries: which rule is first?", special=False)
-        greedy = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True, logprobs=0)
-        first = list(engine.generate(a, greedy, instructions=len(system)))
+        first = list(engine.generate(a, GREEDY_8, instructions=len(system)))
         assert first[-1].cached_tokens == 0
         assert [s.tokens for s in engine._slots.snapshots.items] == [system]
-        second = list(engine.generate(b, greedy, instructions=len(system)))
+        second = list(engine.generate(b, GREEDY_8, instructions=len(system)))
         assert second[-1].cached_tokens == len(system)  # loaded, not evaluated
         assert_replies_as_a_cold_evaluation(second, cold, b)
         assert len(engine._slots.snapshots.items) == 1  # the same instructions: saved once
