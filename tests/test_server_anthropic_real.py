@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -195,3 +196,31 @@ def test_tiny_mlx_refuses_a_forced_tool_clearly(mlx_server: str) -> None:
         )
     error = caught.value.body["error"]  # type: ignore[index]
     assert error["type"] == "invalid_request_error" and "MLX" in error["message"]
+
+
+@pytest.mark.slow
+def test_gemma_second_session_reads_the_system_prompt_the_first_one_saved(
+    tiny_server: str,
+) -> None:
+    """Two sessions of one agent with the same system prompt, on Gemma (whose sliding window
+    keeps no shared prefix in place): the first saves its state where the system prompt ends
+    while evaluating it, and the second reads the system prompt from there and evaluates only
+    its own turn."""
+    client = api(tiny_server)
+    rules = " ".join(f"Rule {i}: read the file before you edit it." for i in range(40))
+    system = f"Session {uuid.uuid4().hex[:8]}. {rules}"
+
+    def session(task: str) -> Any:
+        return client.messages.create(
+            model="gemma3:270m",
+            max_tokens=2,
+            system=system,
+            messages=[{"role": "user", "content": task}],
+            extra_body={"temperature": 0},
+        ).usage
+
+    first = session("Task one. " + "The parser drops the last line of a file. " * 80)
+    second = session("Task two: why does test_io fail?")
+    assert first.cache_read_input_tokens < 16 and first.input_tokens > 1000
+    assert second.cache_read_input_tokens >= 400  # the system prompt, loaded
+    assert second.input_tokens < 32  # its own turn
