@@ -269,24 +269,28 @@ def test_no_engines_module_imports_one_that_imports_it_back() -> None:
 
 @pytest.mark.parametrize("name", ["gemma_engine", "tiny_gguf_engine"])
 def test_a_chat_marks_where_its_instructions_end(request: pytest.FixtureRequest, name: str) -> None:
-    """prepare_chat finds the end of the system prompt in the rendered prompt, whichever way the
-    template renders it (Gemma folds it into the first user turn, ChatML gives it a turn of its
-    own): two sessions with the same instructions share exactly the tokens before that mark."""
+    """instructions_end finds the end of the system prompt in the rendered prompt, whichever way
+    the template renders it (Gemma folds it into the first user turn, ChatML gives it a turn of
+    its own): two sessions with the same instructions share exactly the tokens before that mark.
+    prepare_chat looks for it only for an engine that saves a state there (these two, loaded
+    without snapshot room, do not)."""
     pytest.importorskip("llama_cpp")
     from impetus_cli.runtime.engines.common import common_prefix
-    from impetus_cli.runtime.prepare import prepare_chat
+    from impetus_cli.runtime.prepare import instructions_end, prepare_chat
 
     engine = request.getfixturevalue(name)
     rules = "You are a careful coding agent. Read before you edit; run the tests after."
     system = ChatMessage(role="system", content=rules)
 
-    def prepared(*messages: ChatMessage) -> Any:
-        return prepare_chat(engine, ChatRequest(model="m", messages=messages), 64)
+    def marked(*messages: ChatMessage) -> tuple[list[int], int]:
+        chat = ChatRequest(model="m", messages=messages)
+        job = prepare_chat(engine, chat, 64)
+        assert not engine.saves_instructions and job.instructions == 0
+        return job.tokens, instructions_end(engine, chat, engine.render(messages), job.tokens)
 
-    one = prepared(system, ChatMessage(role="user", content="Fix the bug in parser.py."))
-    two = prepared(system, ChatMessage(role="user", content="Why does test_io fail?"))
-    n = one.instructions
-    assert n == two.instructions and 0 < n < len(one.tokens)
-    assert one.tokens[:n] == two.tokens[:n] and common_prefix(one.tokens, two.tokens) == n
-    assert rules in engine.detokenize(one.tokens[:n])
-    assert prepared(ChatMessage(role="user", content=rules)).instructions == 0
+    one, n = marked(system, ChatMessage(role="user", content="Fix the bug in parser.py."))
+    two, n_two = marked(system, ChatMessage(role="user", content="Why does test_io fail?"))
+    assert n == n_two and 0 < n < len(one)
+    assert one[:n] == two[:n] and common_prefix(one, two) == n
+    assert rules in engine.detokenize(one[:n])
+    assert marked(ChatMessage(role="user", content=rules))[1] == 0

@@ -62,7 +62,8 @@ def prepare_chat(engine: Engine, request: ChatRequest, default_max_tokens: int) 
     if info.base_model:  # it never ends a chat turn: by default, stop it sooner
         default_max_tokens = min(default_max_tokens, BASE_MODEL_CHAT_TOKENS)
     budgeted = _budgeted(engine, tokens, sampling, default_max_tokens, request.num_ctx)
-    return Prepared(tokens, budgeted, parser, instructions_end(engine, request, prompt, tokens))
+    marked = instructions_end(engine, request, prompt, tokens) if engine.saves_instructions else 0
+    return Prepared(tokens, budgeted, parser, marked)
 
 
 def instructions_end(engine: Engine, request: ChatRequest, prompt: str, tokens: list[int]) -> int:

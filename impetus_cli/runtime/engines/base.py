@@ -50,6 +50,12 @@ class Engine(Protocol):
         ...
 
     @property
+    def saves_instructions(self) -> bool:
+        """Whether ``generate`` uses its ``instructions`` mark (it saves a prompt's state where
+        the instructions end); when not, prepare_chat does not look for them."""
+        ...
+
+    @property
     def failure(self) -> str | None:
         """The last failure of the generation loop (message and time), for /health; None once
         a later request completes, or when there was none."""
@@ -81,7 +87,8 @@ class Engine(Protocol):
         then one final chunk with the finish reason and counters. The reply's length comes
         from limits.reply_budget; a prompt that leaves no room is refused before streaming.
         The prompt's first ``instructions`` tokens are what other sessions of the same agent
-        share (prepare.instructions_end): an engine may keep its state there for them."""
+        share (prepare.instructions_end): an engine that ``saves_instructions`` keeps its
+        state there for them."""
         ...
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]: ...

@@ -190,6 +190,11 @@ class LlamaEngine:
         return self._health.failure
 
     @property
+    def saves_instructions(self) -> bool:
+        """Only a model that cannot share a prefix in place snapshots one (llama_slots.py)."""
+        return self._slots.snapshots is not None
+
+    @property
     def last_cached_tokens(self) -> int:
         """Prompt tokens the last request admitted reused from a cache (the tests read it)."""
         return self._scheduler.last_cached_tokens

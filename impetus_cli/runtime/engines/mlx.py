@@ -145,6 +145,10 @@ class MlxEngine:
         )
 
     @property
+    def saves_instructions(self) -> bool:
+        return False  # see generate
+
+    @property
     def chat_template(self) -> str | None:
         """The tokenizer's template, else the one in the model's files (None: neither)."""
         return getattr(self._tokenizer, "chat_template", None) or self.info.chat_template

@@ -24,7 +24,8 @@ from typing import Any
 from impetus_cli.errors import EngineError
 
 MODULE = __name__  # what the parent runs with `python -m`
-PROPERTIES = ("special_tokens", "special_text", "chat_template")  # sent once, at "ready"
+# sent once, at "ready"
+PROPERTIES = ("special_tokens", "special_text", "chat_template", "saves_instructions")
 
 
 def pack_error(exc: BaseException) -> tuple[str, str, tuple[Any, ...], dict[str, Any]]:

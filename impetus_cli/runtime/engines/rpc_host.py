@@ -312,6 +312,10 @@ class SplitEngine:
     def special_tokens(self) -> dict[str, int]:
         return dict(self._meta.get("special_tokens") or {})
 
+    @property
+    def saves_instructions(self) -> bool:
+        return bool(self._meta.get("saves_instructions"))
+
     def token_text(self, token: int) -> str:
         return str(self._ensure().call("token_text", token))
 
