@@ -215,7 +215,9 @@ class Scheduler(Worker[Request]):
                 continue
             wants.append(Want(r.spec, r.slot.seq_id, [*r.slot.tokens, r.next_token], room))
         asked = [w for w in wants if w is not None]
-        found = iter(self.drafter.drafts(asked, self.draft_batch - len(generating)))
+        found = iter(
+            self.drafter.drafts(asked, self.draft_batch - len(generating), len(generating))
+        )
         return [[] if w is None else next(found) for w in wants]
 
     def _verify(self, r: Request, slot: Slot, added: list[int], index: int) -> None:

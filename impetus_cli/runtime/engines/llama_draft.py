@@ -16,7 +16,7 @@ from typing import Any
 from impetus_cli.errors import EngineError, ImpetusError
 from impetus_cli.runtime.engines.common import common_prefix
 from impetus_cli.runtime.engines.llama_native import llama_said
-from impetus_cli.runtime.engines.speculative import Drafter, parse_mode
+from impetus_cli.runtime.engines.speculative import CPU_STEP_MULTIPLE, Drafter, parse_mode
 from impetus_cli.runtime.types import LoadPlan, ModelInfo
 
 
@@ -26,9 +26,10 @@ def make_drafter(plan: LoadPlan, info: ModelInfo, lib: Any, target_vocab: Any) -
     mode = parse_mode(plan.speculative)
     if mode == "off" or info.recurrent_layers:
         return Drafter("off")
+    multiple = CPU_STEP_MULTIPLE if plan.n_gpu_layers == 0 else 1  # the weights on the CPU
     if mode != "draft" or plan.draft is None:
-        return Drafter("ngram")
-    return Drafter("draft", DraftModel.load(plan, lib, target_vocab))
+        return Drafter("ngram", multiple=multiple)
+    return Drafter("draft", DraftModel.load(plan, lib, target_vocab), multiple)
 
 
 @dataclass(eq=False)
