@@ -2,15 +2,19 @@
 input decodes, and what speculation costs a reply that does not, on impetus and on llama-server
 run with each of its own speculative options as a user would set them.
 
-Three requests, each streamed from /v1/completions (a raw prompt: the suite's model is a base
-model, which completes text rather than following chat turns):
+Requests streamed from /v1/completions (a raw prompt: the suite's model is a base model, which
+completes text rather than following chat turns):
 
-- edit: a ~300-line Python file (the standard library's queue.py) in a fenced block, then, in
-  the same completion style, the heading of the file "after" one asked-for change and an open
-  fence: the model writes the file out again, as an edit or "apply" reply does. Temperature 0
-  (agents edit at 0), as many tokens as the file has. Gemma 3 270M keeps its place in the
-  copy for a while, then drifts and repeats parts of it (its sliding-window layers see only
-  the last 512 tokens): the table gives how much of the reply is the file's text;
+- edit, six of them: a ~300-line Python file in a fenced block, then, in the same completion
+  style, the heading of the file "after" one asked-for change and an open fence: the model
+  writes the file out again, as an edit or "apply" reply does. The files are the standard
+  library's modules of 300-350 lines (EDIT_FILES). Temperature 0 (agents edit at 0), as many
+  tokens as queue.py has. Gemma 3 270M keeps its place in a copy for a while, then drifts and
+  repeats parts of it (its sliding-window layers see only the last 512 tokens), or writes code
+  of its own: the table gives how much of the replies is the file's text. Where it drifts and
+  how it loops depends on llama.cpp's rounding, which differs between the servers and their
+  batch shapes, and one reply's loop can move a server's speed by 25%; six files average that
+  out. The edit speed is the six replies' tokens over their decode time;
 - prose: the opening of an essay to continue, and novel code: the start of a new module to
   continue (nothing to copy in either). Temperature 0.8 with a fixed seed: at 0 this base
   model soon repeats itself, which would make them a copy too.
@@ -20,9 +24,11 @@ base model repeats itself, and each variant must generate the same number of tok
 has no such guard). Decode speed is the client's: tokens from the first streamed token to the last, over that time.
 Every server configuration (a variant) is its own process; the order of the variants rotates
 each repetition. impetus runs with ``--speculative off`` and ``ngram``; llama-server without
-speculation and with each n-gram type its documentation offers (docs/speculative.md; there is
-no draft model of Gemma 3 270M's vocabulary smaller than itself). The load average is taken
-around every variant, because the machine is shared.
+speculation and with the n-gram types its documentation offers (docs/speculative.md; there is
+no draft model of Gemma 3 270M's vocabulary smaller than itself): ngram-mod and ngram-map-k,
+its two best in every run so far; ``--all-types`` adds ngram-simple and ngram-cache (on the
+queue.py reply they ran at llama-server's speed without speculation). The load average is
+taken around every variant, because the machine is shared.
 
     .venv/bin/python benchmarks/edit_rows.py --reps 2          # alone: prints its table
     .venv/bin/python benchmarks/serve_vs_peers.py --edit ...   # as rows of the suite
@@ -55,6 +61,9 @@ VARIANTS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("llama-server", "ngram-mod", ("--spec-type", "ngram-mod")),
     ("llama-server", "ngram-cache", ("--spec-type", "ngram-cache", "--spec-draft-n-max", "16")),
 )
+SLOWER_TYPES = ("ngram-simple", "ngram-cache")  # measured only with --all-types
+# The edit requests' files: the standard library's modules of 300-350 lines.
+EDIT_FILES = ("queue", "shlex", "copy", "filecmp", "tabnanny", "string")
 PLAIN = {"impetus": "off", "llama-server": "none"}  # each server's variant without speculation
 CHANGE = "a typo fixed in a comment"
 PROSE = (
@@ -66,11 +75,11 @@ CODE = (
     'server."""\n\nimport argparse\nimport hashlib\nimport pathlib\n\n\n'
 )
 LABELS = {
-    "edit_plain_tps": "edit-shaped reply ({edit_tokens} tokens, a 326-line file), no "
-    "speculation: decode (tok/s)",
-    "edit_spec_tps": "edit-shaped reply with speculation (impetus ngram; llama-server: its "
+    "edit_plain_tps": "edit-shaped replies (6 files of 300-350 lines, {edit_tokens} tokens "
+    "each), no speculation: decode (tok/s)",
+    "edit_spec_tps": "edit-shaped replies with speculation (impetus ngram; llama-server: its "
     "best type, {best}): decode (tok/s)",
-    "edit_gain_x": "edit-shaped reply: speculation / none (x)",
+    "edit_gain_x": "edit-shaped replies: speculation / none (x)",
     "prose_gain_x": "prose, 256 tokens sampled: speculation / none (x)",
     "code_gain_x": "novel code, 256 tokens sampled: speculation / none (x)",
     "edit_load": "(machine) 1-minute load average while the edit rows ran",
@@ -89,10 +98,10 @@ EDIT_TOKENS = 2800  # about the file's length in Gemma's tokens
 SAMPLED = {"temperature": 0.8, "seed": 42, "max_tokens": 256}
 
 
-def edited_file() -> str:
-    import queue
+def edited_file(name: str = "queue") -> str:
+    import importlib
 
-    return inspect.getsource(queue)
+    return inspect.getsource(importlib.import_module(name))
 
 
 TITLE = "Speculative decoding, every variant (edit_rows.py; load average per variant):"
@@ -108,41 +117,44 @@ def label_values(res: dict[str, dict[str, dict[str, float]]]) -> dict[str, Any]:
     }
 
 
-def edit_prompt() -> str:
-    code = edited_file()
+def edit_prompt(name: str = "queue") -> str:
+    code = edited_file(name)
     return (
-        f"# File: queue.py\n```python\n{code}```\n\n"
-        f"# File: queue.py, after one change ({CHANGE}); the whole file:\n```python\n"
+        f"# File: {name}.py\n```python\n{code}```\n\n"
+        f"# File: {name}.py, after one change ({CHANGE}); the whole file:\n```python\n"
     )
 
 
 def workloads() -> dict[str, dict[str, Any]]:
-    """The three requests' bodies (/v1/completions), without the model."""
-    return {
-        "edit": {"prompt": edit_prompt(), "max_tokens": EDIT_TOKENS, "temperature": 0},
-        "prose": {"prompt": PROSE, **SAMPLED},
-        "code": {"prompt": CODE, **SAMPLED},
+    """The requests' bodies (/v1/completions), without the model: ``edit:<file>`` for each
+    edited file, then prose and code."""
+    edits = {
+        f"edit:{name}": {"prompt": edit_prompt(name), "max_tokens": EDIT_TOKENS, "temperature": 0}
+        for name in EDIT_FILES
     }
+    return {**edits, "prose": {"prompt": PROSE, **SAMPLED}, "code": {"prompt": CODE, **SAMPLED}}
 
 
-def file_share(reply: str) -> float:
+def file_share(reply: str, name: str = "queue") -> float:
     """How much of the reply is the file's text: matching lines over the reply's lines."""
     import difflib
 
     lines = reply.splitlines()
-    match = difflib.SequenceMatcher(None, edited_file().splitlines(), lines, autojunk=False)
+    match = difflib.SequenceMatcher(None, edited_file(name).splitlines(), lines, autojunk=False)
     return sum(b.size for b in match.get_matching_blocks()) / max(1, len(lines))
 
 
-def stream(url: str, body: dict[str, Any]) -> dict[str, float]:
-    """One streamed completion: TTFT, decode tok/s (first token to last), tokens, drafts."""
+def stream(url: str, body: dict[str, Any], name: str = "queue") -> dict[str, float]:
+    """One streamed completion: TTFT, decode tok/s (first token to last), tokens, drafts,
+    decode seconds, and the share of the reply that is file ``name``'s text."""
     data = json.dumps({**body, "model": peers.MODEL, "stream": True}).encode()
     request = urllib.request.Request(
         f"{url}/v1/completions", data, {"Content-Type": "application/json"}
     )
     start = time.perf_counter()
     first = last = 0.0
-    pieces, timings, text = 0, {}, []
+    pieces, text = 0, []
+    timings: dict[str, Any] = {}
     with urllib.request.urlopen(request, timeout=1800) as reply:
         for raw in reply:
             line = raw.decode().strip()
@@ -160,9 +172,10 @@ def stream(url: str, body: dict[str, Any]) -> dict[str, float]:
         "ttft_s": first - start,
         "tps": (tokens - 1) / (last - first) if last > first else 0.0,
         "tokens": tokens,
+        "decode_s": last - first,
         "drafted": float(timings.get("draft_n", 0)),
         "accepted": float(timings.get("draft_n_accepted", 0)),
-        "file": file_share("".join(text)),
+        "file": file_share("".join(text), name),
     }
 
 
@@ -175,7 +188,7 @@ def command(server: str, extra: tuple[str, ...], args: argparse.Namespace, binar
 def measure_variant(
     server: str, extra: tuple[str, ...], args: argparse.Namespace, binary: Path | None, log: Path
 ) -> dict[str, float]:
-    """Start the variant's server, warm it up, run the three requests, stop it."""
+    """Start the variant's server, warm it up, run the requests, stop it."""
     port = peers.free_port()
     argv = command(server, extra, args, binary)
     argv = [str(port) if a == "0" and argv[i - 1] == "--port" else a for i, a in enumerate(argv)]
@@ -188,19 +201,39 @@ def measure_variant(
         stream(url, {"prompt": "Warm up.", "max_tokens": 4})
         result: dict[str, float] = {}
         for name, body in workloads().items():
-            for key, value in stream(url, body).items():
+            for key, value in stream(url, body, name.partition(":")[2]).items():
                 result[f"{name}_{key}"] = value
+        result.update(edit_totals(result))
         result["load"] = (load + os.getloadavg()[0]) / 2
         return result
     finally:
         proc.stop()
 
 
+def edit_totals(result: dict[str, float]) -> dict[str, float]:
+    """The edit rows over every file: tokens over decode time (each reply weighs its time),
+    tokens per reply, drafts summed, and the mean share of the files' text in the replies."""
+    per_file = [
+        {k: result[f"edit:{n}_{k}"] for k in ("tokens", "decode_s", "drafted", "accepted", "file")}
+        for n in EDIT_FILES
+    ]
+    tokens = sum(f["tokens"] - 1 for f in per_file)
+    seconds = sum(f["decode_s"] for f in per_file)
+    return {
+        "edit_tps": tokens / seconds if seconds else 0.0,
+        "edit_tokens": statistics.fmean(f["tokens"] for f in per_file),
+        "edit_drafted": sum(f["drafted"] for f in per_file),
+        "edit_accepted": sum(f["accepted"] for f in per_file),
+        "edit_file": statistics.fmean(f["file"] for f in per_file),
+    }
+
+
 def measure(
     args: argparse.Namespace, binary: Path | None, logs: Path, servers: list[str]
 ) -> dict[str, list[dict[str, float]]]:
     """Every variant of the given servers, ``args.reps`` times, the order rotating."""
-    variants = [v for v in VARIANTS if v[0] in servers]
+    every = getattr(args, "all_types", False)
+    variants = [v for v in VARIANTS if v[0] in servers and (every or v[1] not in SLOWER_TYPES)]
     samples: dict[str, list[dict[str, float]]] = {f"{s}:{n}": [] for s, n, _ in variants}
     for rep in range(args.reps):
         shift = rep % len(variants)
@@ -263,6 +296,26 @@ def variants_table(samples: dict[str, list[dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
+FILES_TITLE = "The edit replies file by file (decode tok/s; drafts accepted / drafted):"
+
+
+def files_table(samples: dict[str, list[dict[str, float]]]) -> str:
+    """Every variant's edit speed per file, with its drafts, the repetitions' mean."""
+    lines = ["| server: speculative setting | " + " | ".join(f"{n}.py" for n in EDIT_FILES) + " |"]
+    lines.append("|---" * (len(EDIT_FILES) + 1) + "|")
+    for label, runs in samples.items():
+        if not runs:
+            continue
+        cells = []
+        for name in EDIT_FILES:
+            drafted = _mean(runs, f"edit:{name}_drafted")
+            accepted = _mean(runs, f"edit:{name}_accepted")
+            drafts = f" ({accepted:.0f}/{drafted:.0f})" if drafted else ""
+            cells.append(f"{_mean(runs, f'edit:{name}_tps'):.1f}{drafts}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _mean(runs: list[dict[str, float]], key: str) -> float:
     return statistics.fmean(r[key] for r in runs) if runs else 0.0
 
@@ -283,6 +336,7 @@ def main() -> None:
     parser.add_argument("--skip", action="append", default=[], choices=("impetus", "llama-server"))
     parser.add_argument("--llama-server", type=Path)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--all-types", action="store_true", help="every llama-server n-gram type")
     args = parser.parse_args()
     servers = [s for s in ("impetus", "llama-server") if s not in args.skip]
     binary = args.llama_server
@@ -295,7 +349,7 @@ def main() -> None:
     samples = measure(args, binary, logs, servers)
     if args.out:
         args.out.write_text(json.dumps(samples, indent=2))
-    print(f"\nlogs: {logs}\n\n{variants_table(samples)}")
+    print(f"\nlogs: {logs}\n\n{variants_table(samples)}\n\n{files_table(samples)}")
 
 
 if __name__ == "__main__":

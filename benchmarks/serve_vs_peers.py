@@ -210,6 +210,9 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--only-edit", action="store_true", help="the speculative rows only")
     parser.add_argument(
+        "--all-types", action="store_true", help="edit rows: every llama-server n-gram type"
+    )
+    parser.add_argument(
         "--max-wait",
         type=float,
         default=300.0,
@@ -357,6 +360,7 @@ def markdown(report: dict[str, Any]) -> str:
     notes = token_notes(report)
     edits = report.get("edit_variants") or {}
     more = ["", edit_rows.TITLE, "", edit_rows.variants_table(edits)] if edits else []
+    more += ["", edit_rows.FILES_TITLE, "", edit_rows.files_table(edits)] if edits else []
     return "\n".join([*lines, *(["", *notes] if notes else []), *more])
 
 
