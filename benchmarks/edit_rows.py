@@ -144,9 +144,9 @@ def file_share(reply: str, name: str = "queue") -> float:
     return sum(b.size for b in match.get_matching_blocks()) / max(1, len(lines))
 
 
-def stream(url: str, body: dict[str, Any], name: str = "queue") -> dict[str, float]:
+def stream(url: str, body: dict[str, Any], name: str = "") -> dict[str, float]:
     """One streamed completion: TTFT, decode tok/s (first token to last), tokens, drafts,
-    decode seconds, and the share of the reply that is file ``name``'s text."""
+    decode seconds, and the share of the reply that is file ``name``'s text (0 without one)."""
     data = json.dumps({**body, "model": peers.MODEL, "stream": True}).encode()
     request = urllib.request.Request(
         f"{url}/v1/completions", data, {"Content-Type": "application/json"}
@@ -175,7 +175,7 @@ def stream(url: str, body: dict[str, Any], name: str = "queue") -> dict[str, flo
         "decode_s": last - first,
         "drafted": float(timings.get("draft_n", 0)),
         "accepted": float(timings.get("draft_n_accepted", 0)),
-        "file": file_share("".join(text), name),
+        "file": file_share("".join(text), name) if name else 0.0,
     }
 
 
