@@ -275,7 +275,8 @@ def rows(samples: dict[str, list[dict[str, float]]]) -> dict[str, list[dict[str,
 
 
 def variants_table(samples: dict[str, list[dict[str, float]]]) -> str:
-    """Every variant: decode speeds of the edit (all files), prose and code requests, the drafts taken, the load."""
+    """Every variant: decode speeds of the edit (all files), prose and code requests, the
+    drafts taken, the load."""
     lines = [
         "| server: speculative setting | edit (tok/s) | edit tokens, file's lines in them "
         "| edit drafts accepted | prose (tok/s) | novel code (tok/s) | load average |",
