@@ -16,8 +16,15 @@ completes text rather than following chat turns):
   batch shapes, and one reply's loop can move a server's speed by 25%; six files average that
   out. The edit speed is the six replies' tokens over their decode time;
 - prose: the opening of an essay to continue, and novel code: the start of a new module to
-  continue (nothing to copy in either). Temperature 0.8 with a fixed seed: at 0 this base
-  model soon repeats itself, which would make them a copy too.
+  continue (nothing to copy in either). Temperature 0.8 (at 0 this base model soon repeats
+  itself, which would make them a copy too), SEEDS seeds per repetition. A batch's rounding
+  moves a sampled probability, so a server with and without speculation soon samples
+  different texts from one seed, and one 256-token reply per side cannot show a 3%
+  difference (this VM's speed alone drifts more within minutes). So these requests run
+  apart from the edit rows, on each server's variant without speculation and its
+  speculative one side by side: both processes started at once (idle but for their own
+  requests), every request sent to one and then the other, the order alternating seed by
+  seed; the speed is all the replies' tokens over their decode time.
 
 impetus runs with ``--no-loop-guard``: its runaway guard would end these replies where this
 base model repeats itself, and each variant must generate the same number of tokens (llama-server
@@ -37,6 +44,7 @@ taken around every variant, because the machine is shared.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
 import os
@@ -44,6 +52,7 @@ import statistics
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,8 +89,10 @@ LABELS = {
     "edit_spec_tps": "edit-shaped replies with speculation (impetus ngram; llama-server: its "
     "best type, {best}): decode (tok/s)",
     "edit_gain_x": "edit-shaped replies: speculation / none (x)",
-    "prose_gain_x": "prose, 256 tokens sampled: speculation / none (x)",
-    "code_gain_x": "novel code, 256 tokens sampled: speculation / none (x)",
+    "prose_gain_x": "prose, {seeds} seeds x 256 tokens sampled, side by side: speculation / "
+    "none (x)",
+    "code_gain_x": "novel code, {seeds} seeds x 256 tokens sampled, side by side: speculation "
+    "/ none (x)",
     "edit_load": "(machine) 1-minute load average while the edit rows ran",
 }
 TARGETS = {
@@ -95,7 +106,8 @@ TARGETS = {
 
 
 EDIT_TOKENS = 2800  # about the file's length in Gemma's tokens
-SAMPLED = {"temperature": 0.8, "seed": 42, "max_tokens": 256}
+SAMPLED = {"temperature": 0.8, "max_tokens": 256}
+SEEDS = 6  # the prose and code requests' seeds per repetition
 
 
 def edited_file(name: str = "queue") -> str:
@@ -114,6 +126,7 @@ def label_values(res: dict[str, dict[str, dict[str, float]]]) -> dict[str, Any]:
     return {
         "edit_tokens": round(statistics.fmean(tokens)) if tokens else 0,
         "best": best[0] if best else "-",
+        "seeds": SEEDS,
     }
 
 
@@ -126,13 +139,22 @@ def edit_prompt(name: str = "queue") -> str:
 
 
 def workloads() -> dict[str, dict[str, Any]]:
-    """The requests' bodies (/v1/completions), without the model: ``edit:<file>`` for each
-    edited file, then prose and code."""
-    edits = {
+    """The edit requests' bodies (/v1/completions), without the model: ``edit:<file>`` for
+    each edited file."""
+    return {
         f"edit:{name}": {"prompt": edit_prompt(name), "max_tokens": EDIT_TOKENS, "temperature": 0}
         for name in EDIT_FILES
     }
-    return {**edits, "prose": {"prompt": PROSE, **SAMPLED}, "code": {"prompt": CODE, **SAMPLED}}
+
+
+def sampled_workloads(rep: int) -> list[tuple[str, int, dict[str, Any]]]:
+    """The prose and code requests of repetition ``rep``: (kind, seed, body), seed by seed;
+    each repetition has its own seeds."""
+    return [
+        (kind, seed, {"prompt": prompt, **SAMPLED, "seed": seed})
+        for seed in range(rep * SEEDS + 1, (rep + 1) * SEEDS + 1)
+        for kind, prompt in (("prose", PROSE), ("code", CODE))
+    ]
 
 
 def file_share(reply: str, name: str = "queue") -> float:
@@ -185,29 +207,78 @@ def command(server: str, extra: tuple[str, ...], args: argparse.Namespace, binar
     return [*argv, *extra]
 
 
-def measure_variant(
+@contextlib.contextmanager
+def running(
     server: str, extra: tuple[str, ...], args: argparse.Namespace, binary: Path | None, log: Path
-) -> dict[str, float]:
-    """Start the variant's server, warm it up, run the requests, stop it."""
+) -> Iterator[str]:
+    """The variant's server started, ready and warmed up: its URL; stopped on leaving."""
     port = peers.free_port()
     argv = command(server, extra, args, binary)
     argv = [str(port) if a == "0" and argv[i - 1] == "--port" else a for i, a in enumerate(argv)]
     proc = peers.Server(argv, log)
-    load = os.getloadavg()[0]
     proc.start()
     try:
         url = f"http://127.0.0.1:{port}"
         proc.wait_ready(url + "/v1/models")
         stream(url, {"prompt": "Warm up.", "max_tokens": 4})
-        result: dict[str, float] = {}
+        yield url
+    finally:
+        proc.stop()
+
+
+def measure_variant(
+    server: str, extra: tuple[str, ...], args: argparse.Namespace, binary: Path | None, log: Path
+) -> dict[str, float]:
+    """The edit requests on the variant's own server."""
+    load = os.getloadavg()[0]
+    result: dict[str, float] = {}
+    with running(server, extra, args, binary, log) as url:
         for name, body in workloads().items():
             for key, value in stream(url, body, name.partition(":")[2]).items():
                 result[f"{name}_{key}"] = value
-        result.update(edit_totals(result))
-        result["load"] = (load + os.getloadavg()[0]) / 2
-        return result
-    finally:
-        proc.stop()
+    result.update(edit_totals(result))
+    result["load"] = (load + os.getloadavg()[0]) / 2
+    return result
+
+
+def measure_sampled(
+    server: str,
+    variants: list[tuple[str, tuple[str, ...]]],
+    args: argparse.Namespace,
+    binary: Path | None,
+    logs: Path,
+    rep: int,
+) -> dict[str, dict[str, float]]:
+    """The prose and code requests of repetition ``rep`` on the server's ``variants`` (name,
+    options) side by side, the order alternating seed by seed. Per variant: ``prose_tps``
+    and ``code_tps`` (tokens over decode time), their tokens per reply and drafts."""
+    names = [name for name, _ in variants]
+    sums = {(n, kind): [0.0, 0.0, 0.0, 0.0, 0.0] for n in names for kind in ("prose", "code")}
+    with contextlib.ExitStack() as stack:
+        urls = {
+            name: stack.enter_context(
+                running(server, extra, args, binary, logs / f"sampled-{server}-{name}-{rep}.log")
+            )
+            for name, extra in variants
+        }
+        for kind, seed, body in sampled_workloads(rep):
+            for name in names if seed % 2 else names[::-1]:
+                reply = stream(urls[name], body)
+                total = sums[(name, kind)]
+                total[0] += reply["tokens"] - 1
+                total[1] += reply["decode_s"]
+                total[2] += reply["drafted"]
+                total[3] += reply["accepted"]
+                total[4] += 1
+    out: dict[str, dict[str, float]] = {name: {} for name in names}
+    for (name, kind), (tokens, seconds, drafted, accepted, replies) in sums.items():
+        out[name] |= {
+            f"{kind}_tps": tokens / seconds if seconds else 0.0,
+            f"{kind}_tokens": tokens / replies + 1,
+            f"{kind}_drafted": drafted,
+            f"{kind}_accepted": accepted,
+        }
+    return out
 
 
 def edit_totals(result: dict[str, float]) -> dict[str, float]:
@@ -243,9 +314,26 @@ def measure(
             log = logs / f"edit-{server}-{name}-{rep}.log"
             result = measure_variant(server, extra, args, binary, log)
             samples[label].append(result)
-            keys = ("edit_tps", "edit_tokens", "prose_tps", "code_tps", "load")
+            keys = ("edit_tps", "edit_tokens", "edit_drafted", "edit_accepted", "load")
             print("   " + ", ".join(f"{k} {result[k]:.3g}" for k in keys), flush=True)
+    for rep in range(args.reps):
+        for server, plain in PLAIN.items():
+            runs = {n: samples[f"{s}:{n}"] for s, n, _ in variants if s == server}
+            if plain not in runs or len(runs) < 2:
+                continue
+            pair = [plain, best_type(runs, plain)]
+            print(f"rep {rep + 1}: prose and code, {server}: {' and '.join(pair)}", flush=True)
+            options = [(n, extra) for s, n, extra in variants if s == server and n in pair]
+            for name, result in measure_sampled(server, options, args, binary, logs, rep).items():
+                samples[f"{server}:{name}"][rep] |= result
+                shown = ("prose_tps", "code_tps", "prose_tokens", "code_tokens")
+                print(f"   {name}: " + ", ".join(f"{k} {result[k]:.3g}" for k in shown), flush=True)
     return samples
+
+
+def best_type(runs: dict[str, list[dict[str, float]]], plain: str) -> str:
+    """The server's speculative variant with the best mean edit speed."""
+    return max((n for n in runs if n != plain), key=lambda n: _mean(runs[n], "edit_tps"))
 
 
 def rows(samples: dict[str, list[dict[str, float]]]) -> dict[str, list[dict[str, float]]]:
@@ -256,7 +344,7 @@ def rows(samples: dict[str, list[dict[str, float]]]) -> dict[str, list[dict[str,
         runs = {k.split(":", 1)[1]: v for k, v in samples.items() if k.startswith(server + ":")}
         if plain not in runs or len(runs) < 2:
             continue
-        best = max((n for n in runs if n != plain), key=lambda n: _mean(runs[n], "edit_tps"))
+        best = best_type(runs, plain)
         out[server] = []
         for off, on in zip(runs[plain], runs[best], strict=True):
             out[server].append(
@@ -279,7 +367,7 @@ def variants_table(samples: dict[str, list[dict[str, float]]]) -> str:
     drafts taken, the load."""
     lines = [
         "| server: speculative setting | edit (tok/s) | edit tokens, file's lines in them "
-        "| edit drafts accepted | prose (tok/s) | novel code (tok/s) | load average |",
+        "| edit drafts accepted | prose (tok/s) | novel code (tok/s) | load average (edit) |",
         "|---|---|---|---|---|---|---|",
     ]
     for label, runs in samples.items():
@@ -291,7 +379,7 @@ def variants_table(samples: dict[str, list[dict[str, float]]]) -> str:
         lines.append(
             f"| {label} | {_cell(runs, 'edit_tps')} | {_mean(runs, 'edit_tokens'):.0f}, "
             f"{_mean(runs, 'edit_file'):.0%} | {rate} "
-            f"| {_cell(runs, 'prose_tps')} | {_cell(runs, 'code_tps')} "
+            f"| {_sampled(runs, 'prose')} | {_sampled(runs, 'code')} "
             f"| {min(loads):.1f}-{max(loads):.1f} |"
         )
     return "\n".join(lines)
@@ -317,14 +405,45 @@ def files_table(samples: dict[str, list[dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
+def _sampled(runs: list[dict[str, float]], kind: str) -> str:
+    """The prose or code cell: tok/s, with the drafts accepted / drafted per repetition."""
+    have = [r for r in runs if f"{kind}_drafted" in r]
+    drafted = _mean(have, f"{kind}_drafted")
+    drafts = f" ({_mean(have, f'{kind}_accepted'):.0f}/{drafted:.0f})" if drafted else ""
+    return _cell(runs, f"{kind}_tps") + drafts
+
+
 def _mean(runs: list[dict[str, float]], key: str) -> float:
     return statistics.fmean(r[key] for r in runs) if runs else 0.0
 
 
 def _cell(runs: list[dict[str, float]], key: str) -> str:
-    values = [r[key] for r in runs]
+    values = [r[key] for r in runs if key in r]
+    if not values:
+        return "-"  # prose and code run on the plain and the best speculative variant only
     sd = f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else ""
     return f"{statistics.fmean(values):.1f}{sd}"
+
+
+def sampled_only(
+    args: argparse.Namespace, binary: Path | None, logs: Path, servers: list[str]
+) -> None:
+    """The prose and code requests alone: each server without speculation and with
+    (impetus's ngram, llama-server's ``--only-sampled`` type), ``args.reps`` times."""
+    spec = {"impetus": "ngram", "llama-server": args.only_sampled}
+    print("| server | repetition | text | plain (tok/s) | speculation (tok/s) | drafts | ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for rep in range(args.reps):
+        for server in servers:
+            pair = (PLAIN[server], spec[server])
+            options = [(n, extra) for s, n, extra in VARIANTS if s == server and n in pair]
+            res = measure_sampled(server, options, args, binary, logs, rep)
+            off, on = res[pair[0]], res[pair[1]]
+            for kind in ("prose", "code"):
+                a, b = off[f"{kind}_tps"], on[f"{kind}_tps"]
+                drafts = f"{on[f'{kind}_accepted']:.0f}/{on[f'{kind}_drafted']:.0f}"
+                print(f"| {server} | {rep + 1} | {kind} | {a:.1f} | {b:.1f} | {drafts} "
+                      f"| {b / a:.3f}x |", flush=True)  # fmt: skip
 
 
 def main() -> None:
@@ -338,6 +457,11 @@ def main() -> None:
     parser.add_argument("--llama-server", type=Path)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--all-types", action="store_true", help="every llama-server n-gram type")
+    parser.add_argument(
+        "--only-sampled",
+        metavar="TYPE",
+        help="only the prose and code requests, llama-server's speculation with this type",
+    )
     args = parser.parse_args()
     servers = [s for s in ("impetus", "llama-server") if s not in args.skip]
     binary = args.llama_server
@@ -347,6 +471,9 @@ def main() -> None:
         binary = build()["llama-server"]
     logs = Path(os.environ.get("TMPDIR", "/tmp")) / f"impetus-edit-{os.getpid()}"
     logs.mkdir(parents=True, exist_ok=True)
+    if args.only_sampled:
+        sampled_only(args, binary, logs, servers)
+        return
     samples = measure(args, binary, logs, servers)
     if args.out:
         args.out.write_text(json.dumps(samples, indent=2))
