@@ -89,10 +89,8 @@ LABELS = {
     "edit_spec_tps": "edit-shaped replies with speculation (impetus ngram; llama-server: its "
     "best type, {best}): decode (tok/s)",
     "edit_gain_x": "edit-shaped replies: speculation / none (x)",
-    "prose_gain_x": "prose, {seeds} seeds x 256 tokens sampled, side by side: speculation / "
-    "none (x)",
-    "code_gain_x": "novel code, {seeds} seeds x 256 tokens sampled, side by side: speculation "
-    "/ none (x)",
+    "prose_gain_x": "prose, {seeds} x 256 tokens sampled: speculation / none (x)",
+    "code_gain_x": "novel code, {seeds} x 256 tokens sampled: speculation / none (x)",
     "edit_load": "(machine) 1-minute load average while the edit rows ran",
 }
 TARGETS = {
@@ -123,10 +121,11 @@ def label_values(res: dict[str, dict[str, dict[str, float]]]) -> dict[str, Any]:
     """What the labels name: the edit reply's tokens, llama-server's best speculative type."""
     tokens = [r["edit_tokens"]["mean"] for r in res.values() if "edit_tokens" in r]
     best = [k.split(":", 1)[1] for k in res.get("llama-server", {}) if k.startswith("best:")]
+    seeds = [r["sampled_seeds"]["mean"] for r in res.values() if "sampled_seeds" in r]
     return {
         "edit_tokens": round(statistics.fmean(tokens)) if tokens else 0,
         "best": best[0] if best else "-",
-        "seeds": SEEDS,
+        "seeds": f"{seeds[0]:.0f} seeds" if seeds else "1 seed",  # earlier runs: one
     }
 
 
@@ -277,6 +276,7 @@ def measure_sampled(
             f"{kind}_tokens": tokens / replies + 1,
             f"{kind}_drafted": drafted,
             f"{kind}_accepted": accepted,
+            "sampled_seeds": replies,
         }
     return out
 
@@ -356,6 +356,7 @@ def rows(samples: dict[str, list[dict[str, float]]]) -> dict[str, list[dict[str,
                     "code_gain_x": on["code_tps"] / off["code_tps"],
                     "edit_load": (off["load"] + on["load"]) / 2,
                     "edit_tokens": off["edit_tokens"],
+                    "sampled_seeds": off.get("sampled_seeds", 1.0),
                     f"best:{best}": 1.0,
                 }
             )
