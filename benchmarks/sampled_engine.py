@@ -1,10 +1,11 @@
 """What speculation costs text that does not repeat its input, in the engine without a server.
 
-The serve suite's prose and novel-code rows (edit_rows.py) sample one 256-token reply per
-variant, and a batch's rounding moves a sampled probability, so the two sides soon sample
-different texts (one of them may end early). This runs Gemma 3 270M's GGUF engine with
-``--speculative off`` and ``ngram`` in one process, over several seeds of the same two prompts
-at temperature 0.8, the order alternating per seed, and compares tokens over decode time:
+The serve suite's prose and novel-code rows (edit_rows.py) run the same requests through two
+servers side by side; this runs them without a server: Gemma 3 270M's GGUF engine with
+``--speculative off`` and ``ngram`` in one process, over several seeds of the two prompts at
+temperature 0.8, the order alternating per seed, and compares tokens over decode time (a
+batch's rounding moves a sampled probability, so the two modes soon sample different texts
+from one seed: hence several):
 
     .venv/bin/python benchmarks/sampled_engine.py --seeds 6
 """
