@@ -335,7 +335,7 @@ def markdown(report: dict[str, Any]) -> str:
             continue  # not asked for (--deep-tokens)
         if not any(key in r for r in res.values()):
             continue  # not measured in this run (--sessions 0, --only-tiers, no --tiers)
-        digits = 2 if key.endswith("_s") else 1
+        digits = 2 if key.endswith(("_s", "_x")) else 1
         lines.append(
             f"| {label.format(**fmt)} | {cell(imp.get(key), digits)} "
             f"| {cell(ref.get(key), digits)} | {cell(lcp.get(key), digits)} "
