@@ -38,6 +38,7 @@ queue.py reply they ran at llama-server's speed without speculation). The load a
 taken around every variant, because the machine is shared.
 
     .venv/bin/python benchmarks/edit_rows.py --reps 2          # alone: prints its table
+    .venv/bin/python benchmarks/edit_rows.py --only-sampled ngram-map-k  # prose and code only
     .venv/bin/python benchmarks/serve_vs_peers.py --edit ...   # as rows of the suite
 """
 
